@@ -1,0 +1,19 @@
+"""The core plugin: stbench's own metrics and readers, registered like any third party's."""
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_metrics(register):
+    from .metrics import BUILTIN_METRICS
+
+    for metric in BUILTIN_METRICS:
+        register(metric)
+
+
+@hookimpl
+def register_readers(register):
+    from .synthetic import SyntheticReader
+
+    register(SyntheticReader())

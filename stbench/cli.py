@@ -1,0 +1,191 @@
+"""The ``stbench`` command line. Only this module prints; the library reports through callbacks."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import StbenchError
+
+DEFAULT_RESULTS = "results"
+
+
+class App:
+    """Lazily loaded plugins for one command invocation."""
+
+    def __init__(self, plugins_dirs: tuple[str, ...], catalogs: tuple[str, ...]) -> None:
+        self.plugins_dirs, self.catalogs = plugins_dirs, catalogs
+        self._plugins = None
+
+    @property
+    def plugins(self):
+        if self._plugins is None:
+            from .plugins import get_plugin_manager
+
+            self._plugins = get_plugin_manager(self.plugins_dirs, self.catalogs)
+        return self._plugins
+
+
+def _app(ctx: click.Context) -> App:
+    root = ctx.find_root()
+    if "stbench.app" not in root.meta:
+        dirs = tuple(root.params.get("plugins_dir") or ()) + tuple(p for p in os.environ.get("STBENCH_PLUGINS_DIR", "").split(os.pathsep) if p)
+        root.meta["stbench.app"] = App(dirs, tuple(root.params.get("catalog") or ()))
+    return root.meta["stbench.app"]
+
+
+class StbenchGroup(click.Group):
+    """Adds the commands that plugins register (``register_commands``) on first use."""
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        root = ctx.find_root()
+        if "stbench.commands" not in root.meta:
+            extra = click.Group("plugins")
+            try:
+                _app(ctx).plugins.pm.hook.register_commands(cli=extra)
+            except StbenchError as e:
+                click.echo(f"stbench: warning: plugin commands unavailable: {e}", err=True)
+            root.meta["stbench.commands"] = {n: c for n, c in extra.commands.items() if n not in self.commands}
+        return root.meta["stbench.commands"]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands(ctx)))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._plugin_commands(ctx).get(name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StbenchError as e:
+            click.echo(f"stbench: error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=StbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugins-dir", multiple=True, type=click.Path(file_okay=False), help="Load every *.py in DIR as a plugin.")
+@click.option("--catalog", multiple=True, type=click.Path(dir_okay=False), help="Extra datasets.toml-style catalogue.")
+@click.version_option(package_name="stbench")
+def cli(plugins_dir: tuple[str, ...], catalog: tuple[str, ...]) -> None:
+    """Benchmark models that predict spatial gene expression from H&E histology."""
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="Model name (stbench list models).")
+@click.option("--dataset", "-d", required=True, help="Dataset name (stbench list datasets).")
+@click.option("--folds", default="default", show_default=True, help="default | single | all | patients | slide ids, comma-separated.")
+@click.option("--protocol", default="strict", show_default=True, type=click.Choice(["strict", "paper"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Model option; profile=NAME picks a preset.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--out", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.pass_context
+def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str, seed: int,
+        options: tuple[str, ...], device: str, out: str) -> None:
+    """Fit and score MODEL on every fold of DATASET; write one results file."""
+    from .runner import RunRequest, run as run_one
+    from .progress import RichProgress
+
+    plugins = _app(ctx).plugins
+    req = RunRequest(model=model, dataset=dataset, folds=folds, protocol=protocol, seed=seed, options=options, device=device)
+    console = _console()
+    with RichProgress(console) as progress:
+        result, path = run_one(plugins, req, out, progress=progress)
+    _print_summary(console, result)
+    console.print(f"results: {path}")
+
+
+def _print_summary(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    from .leaderboard import _fmt
+
+    table = Table(title=f"{result.label} on {result.dataset} ({result.protocol}, {len(result.folds)} fold(s))")
+    for col in ("metric", "median", "mean", "excluded genes"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, s in result.summary.items():
+        arrow = {True: " ↑", False: " ↓"}.get(result.metrics.get(name, {}).get("higher_is_better"), "")
+        median = _fmt(s.get("median"), s.get("median_sd")) if s.get("median") is not None or "n_nan" in s else ""
+        table.add_row(name + arrow, median, _fmt(s.get("mean"), s.get("sd")), str(s.get("n_nan", "")))
+    console.print(table)
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["models", "datasets", "metrics", "readers"]))
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_(ctx: click.Context, kind: str, pattern: str, as_json: bool) -> None:
+    """List registered models, datasets, metrics or readers (glob PATTERN)."""
+    plugins = _app(ctx).plugins
+    registry = getattr(plugins, kind)
+    rows = []
+    for name in registry.names(pattern):
+        item = registry.get(name)
+        if kind == "models":
+            desc = item.card.summary + (" [baseline]" if item.card.baseline else "")
+        elif kind == "metrics":
+            desc = ("higher" if item.higher_is_better else "lower") + " is better; " + ("per gene" if item.per_gene else "per slide")
+        else:
+            desc = getattr(item, "description", "")
+        rows.append({"name": name, "plugin": registry.origin(name), "description": desc})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<22} {r['plugin']:<24} {r['description']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """Show loaded plugins with their version and hooks, and plugins that failed to load."""
+    p = _app(ctx).plugins
+    rows = [{"name": i.name, "version": i.version, "source": i.source, "hooks": p.hooks_of(i.name)} for i in p.loaded]
+    failed = [{"name": i.name, "version": i.version, "source": i.source, "error": i.error} for i in p.failures]
+    if as_json:
+        click.echo(json.dumps({"loaded": rows, "failed": failed}, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<24} {r['version'] or '-':<10} {', '.join(r['hooks']) or '-':<40} {r['source']}")
+    for r in failed:
+        click.echo(f"{r['name']:<24} FAILED     {r['error']}  [{r['source']}]")
+
+
+@cli.command()
+@click.option("--results", "results_dir", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Markdown file [default: RESULTS/LEADERBOARD.md].")
+@click.option("--check", is_flag=True, help="Exit 1 if the markdown differs from what the results give.")
+def leaderboard(results_dir: str, out: str | None, check: bool) -> None:
+    """Render the markdown leaderboard from results files."""
+    from .atomic import write_text
+    from .leaderboard import render_dir
+
+    if not Path(results_dir).is_dir():
+        raise StbenchError(f"results folder {results_dir} does not exist; run `stbench run` or pass --results")
+    target = Path(out) if out else Path(results_dir) / "LEADERBOARD.md"
+    text = render_dir(results_dir)
+    if check:
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current != text:
+            click.echo(f"stbench: {target} is stale: run `stbench leaderboard --results {results_dir} --out {target}`", err=True)
+            sys.exit(1)
+        click.echo(f"{target} is up to date")
+        return
+    write_text(target, text)
+    click.echo(f"wrote {target}")
+
+
+def main() -> None:
+    cli(prog_name="stbench")

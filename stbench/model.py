@@ -1,0 +1,72 @@
+"""The Model interface: what a model plugin implements.
+
+A model is a class with a ``name``, a ``card`` and a nested frozen ``Options`` dataclass whose
+defaults are the published settings. ``profiles`` maps a profile name (for example ``quick``) to
+option overrides; the ``paper`` profile is the defaults. The runner builds one instance per fold,
+calls :meth:`fit` with the reference slides, then :meth:`predict` once per query slide. Query
+slides carry no expression: the targets are never handed to a model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from .slide import SlidePatches
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    summary: str
+    paper: str = ""
+    code: str = ""
+    license: str = ""
+    baseline: bool = False
+    deviations: tuple[str, ...] = ()
+
+
+class Model(ABC):
+    name: ClassVar[str]
+    card: ClassVar[ModelCard]
+    profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None, *, device: str = "cpu", seed: int = 0,
+                 protocol: str = "strict", workdir: str | Path | None = None,
+                 progress: Callable[..., None] | None = None) -> None:
+        self.options = options if options is not None else type(self).Options()
+        if not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"{type(self).__name__}: options must be an Options dataclass instance")
+        self.device, self.seed, self.protocol = device, seed, protocol
+        self.workdir = Path(workdir) if workdir is not None else None
+        self._progress = progress
+
+    def report(self, task: str, completed: float, total: float | None = None, **info: Any) -> None:
+        """Tell the caller how far a long step is (the CLI shows a progress bar)."""
+        if self._progress is not None:
+            self._progress(task, completed, total, **info)
+
+    @abstractmethod
+    def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
+        """Learn from reference slides (each with ``expression`` over ``genes``)."""
+
+    @abstractmethod
+    def predict(self, slide: SlidePatches) -> np.ndarray:
+        """(n_spots, n_genes) predictions for a query slide, rows in the slide's spot order."""
+
+    def save(self, path: str | Path) -> None:
+        raise NotImplementedError(f"model '{self.name}' does not save checkpoints")
+
+    def load(self, path: str | Path) -> None:
+        raise NotImplementedError(f"model '{self.name}' does not load checkpoints")
+
+    @classmethod
+    def supports_checkpoints(cls) -> bool:
+        return cls.save is not Model.save and cls.load is not Model.load

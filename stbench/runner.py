@@ -1,0 +1,133 @@
+"""run(): fit and predict a model on every fold of a dataset, score it, write one results file."""
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .dataset import check_protocol
+from .errors import DataError, StbenchError
+from .evaluation import score_slide, summarise
+from .options import build_options, changed_options, options_dict
+from .plugins import Plugins
+from .results import RunResult, config_hash, environment, result_path
+
+Progress = Callable[..., None]
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu") and not device.startswith(("cuda", "mps")):
+        raise StbenchError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StbenchError(f"device '{device}' requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    model: str
+    dataset: str
+    folds: str = "default"
+    protocol: str = "strict"
+    seed: int = 0
+    options: tuple[str, ...] = ()
+    device: str = "auto"
+
+
+def _check_prediction(pred: Any, n_spots: int, n_genes: int, model: str, slide: str) -> np.ndarray:
+    pred = np.asarray(pred)
+    if pred.shape != (n_spots, n_genes):
+        raise DataError(f"model '{model}' returned shape {pred.shape} for slide '{slide}', expected ({n_spots}, {n_genes})")
+    if not np.issubdtype(pred.dtype, np.number) or not np.all(np.isfinite(pred)):
+        raise DataError(f"model '{model}' returned non-finite predictions for slide '{slide}'")
+    return pred
+
+
+def plan(plugins: Plugins, req: RunRequest) -> dict[str, Any]:
+    """Resolve names and options without running anything; the result identifies the run."""
+    check_protocol(req.protocol)
+    model_cls = plugins.models.get(req.model)
+    dataset = plugins.datasets.get(req.dataset)
+    options, profile = build_options(model_cls, req.options)
+    folds = dataset.folds(req.folds)
+    config = {"model": req.model, "dataset": req.dataset, "protocol": req.protocol, "seed": req.seed,
+              "profile": profile, "options": options_dict(options),
+              "folds": [[f.name, list(f.reference), list(f.query)] for f in folds]}
+    return {"model_cls": model_cls, "dataset": dataset, "options": options, "profile": profile,
+            "folds": folds, "config": config, "hash": config_hash(config)}
+
+
+def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
+        progress: Progress | None = None, workdir: str | Path | None = None) -> tuple[RunResult, Path | None]:
+    """Run every fold; write the results file into ``out_dir`` (if given) and return both."""
+    p = plan(plugins, req)
+    if out_dir is not None:
+        target = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
+        _check_writable(target.parent)
+    device = resolve_device(req.device)
+    metrics = [plugins.metrics.get(n) for n in plugins.metrics.names()]
+    report = progress or (lambda *a, **k: None)
+    started = time.perf_counter()
+    fold_records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="stbench-") as scratch:
+        for i, fold in enumerate(p["folds"]):
+            report("folds", i, len(p["folds"]), fold=fold.name)
+            prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
+            fold_dir = Path(workdir or scratch) / f"fold{i}"
+            model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol,
+                                   workdir=fold_dir, progress=progress)
+            t0 = time.perf_counter()
+            model.fit(list(prepared.train), list(prepared.genes))
+            fit_s = time.perf_counter() - t0
+            for query in prepared.queries:
+                if query.expression is not None:
+                    raise DataError(f"dataset '{req.dataset}' handed query slide '{query.slide_id}' with expression")
+                t0 = time.perf_counter()
+                pred = _check_prediction(model.predict(query), len(query), len(prepared.genes), req.model, query.slide_id)
+                record = score_slide(metrics, prepared.truth[query.slide_id], pred, prepared.genes)
+                record.update({"fold": fold.name, "query": query.slide_id, "reference": list(fold.reference),
+                               "n_spots": len(query), "n_genes": len(prepared.genes), "fit_seconds": fit_s,
+                               "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
+                record.update(getattr(model, "fold_extra", lambda: {})())
+                fold_records.append(record)
+        report("folds", len(p["folds"]), len(p["folds"]))
+    cls = p["model_cls"]
+    origin = plugins.models.origin(req.model)
+    plugin_info = next((dict(name=i.name, source=i.source, version=i.version) for i in plugins.loaded if i.name == origin),
+                       {"name": origin})
+    result = RunResult(
+        model=req.model, dataset=req.dataset, protocol=req.protocol, seed=req.seed, profile=p["profile"],
+        options=options_dict(p["options"]), changed_options=changed_options(p["options"]), plugin=plugin_info,
+        baseline=bool(cls.card.baseline), split=req.folds if req.folds != "default" else p["dataset"].default_split,
+        dataset_info=p["dataset"].info(),
+        metrics={m.name: {"higher_is_better": m.higher_is_better, "per_gene": m.per_gene} for m in metrics},
+        folds=fold_records, summary=summarise(fold_records), environment=environment(device),
+        wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = result.save(target) if out_dir is not None else None
+    return result, path
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stbench-write-check-"):
+            pass
+    except OSError as e:
+        raise StbenchError(f"output folder {folder} is not writable ({e.strerror}); pass --out with a writable folder") from None
+

@@ -1,0 +1,87 @@
+"""Helpers for plugin authors: tiny data and ``check_model``, the conformance test.
+
+    from stbench.testing import check_model
+    def test_my_model():
+        check_model(MyModel, options=["profile=quick"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .dataset import PreparedFold
+from .model import Model, ModelCard
+from .options import build_options
+from .synthetic import SyntheticDataset
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def tiny_dataset(n_slides: int = 3, grid: tuple[int, int] = (8, 6), n_genes: int = 12, patch_px: int = 16,
+                 seed: int = 0) -> SyntheticDataset:
+    slides = tuple(f"tiny{i + 1}" for i in range(n_slides))
+    return SyntheticDataset("tiny", slides, slides[-1:], "single", grid_width=grid[0], grid_height=grid[1],
+                            n_genes=n_genes, n_signal=max(1, n_genes // 2), patch_px=patch_px, seed=seed)
+
+
+def tiny_fold(**kw: Any) -> PreparedFold:
+    ds = tiny_dataset(**kw)
+    return ds.prepare(ds.folds("single")[0])
+
+
+def _fit_predict(model_cls: type, options: Any, fold: PreparedFold, seed: int, workdir: Path, query: Any = None) -> tuple[Model, np.ndarray]:
+    model = model_cls(options, device="cpu", seed=seed, protocol="strict", workdir=workdir)
+    model.fit(list(fold.train), list(fold.genes))
+    return model, np.asarray(model.predict(query if query is not None else fold.queries[0]))
+
+
+def check_model(model_cls: type, options: Sequence[str] = (), *, seed: int = 0, determinism: bool = True,
+                rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Raise AssertionError naming the first broken rule of the Model contract."""
+    assert isinstance(model_cls, type) and issubclass(model_cls, Model), f"{model_cls!r} is not a stbench.Model subclass"
+    name = getattr(model_cls, "name", None)
+    assert isinstance(name, str) and NAME_RE.match(name), f"model name {name!r} must be lowercase [a-z0-9._-]"
+    assert isinstance(getattr(model_cls, "card", None), ModelCard), f"model '{name}' needs a ModelCard in `card`"
+    assert dataclasses.is_dataclass(model_cls.Options), f"model '{name}': Options must be a dataclass"
+    assert model_cls.Options.__dataclass_params__.frozen, f"model '{name}': Options must be frozen"
+    try:
+        model_cls.Options()
+    except TypeError as e:
+        raise AssertionError(f"model '{name}': every Options field needs a default (the paper setting): {e}") from None
+    for profile in getattr(model_cls, "profiles", {}):
+        build_options(model_cls, {"profile": profile})
+    opts, _ = build_options(model_cls, list(options))
+
+    fold = tiny_fold()
+    query = fold.queries[0]
+    assert query.expression is None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        model, pred = _fit_predict(model_cls, opts, fold, seed, tmp_path / "a")
+        shape = (len(query), len(fold.genes))
+        assert pred.shape == shape, f"model '{name}' predicted shape {pred.shape}, expected {shape}"
+        assert np.issubdtype(pred.dtype, np.floating), f"model '{name}' predicted dtype {pred.dtype}, expected float"
+        assert np.all(np.isfinite(pred)), f"model '{name}' predicted non-finite values"
+
+        order = np.random.default_rng(0).permutation(len(query))
+        permuted_pred = np.asarray(model.predict(query.subset(order)))
+        assert np.allclose(permuted_pred, pred[order], rtol=rtol, atol=atol), (
+            f"model '{name}': predictions must follow the query slide's row order "
+            f"(permuting the spots did not permute the predictions the same way)")
+
+        if determinism:
+            _, again = _fit_predict(model_cls, opts, fold, seed, tmp_path / "b")
+            assert np.allclose(again, pred, rtol=rtol, atol=atol), f"model '{name}' is not deterministic for a fixed seed"
+
+        if model_cls.supports_checkpoints():
+            ckpt = tmp_path / "checkpoint.safetensors"
+            model.save(ckpt)
+            fresh = model_cls(opts, device="cpu", seed=seed, protocol="strict", workdir=tmp_path / "c")
+            fresh.load(ckpt)
+            reloaded = np.asarray(fresh.predict(query))
+            assert np.allclose(reloaded, pred, rtol=rtol, atol=atol), f"model '{name}': save/load changed the predictions"

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("STBENCH_LOAD_PLUGINS", "STBENCH_TRACE_PLUGINS", "STBENCH_CATALOG", "STBENCH_PLUGINS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def cli():
+    """Invoke the stbench CLI in-process; returns click's Result (stdout and stderr separate)."""
+    from stbench.cli import cli as group
+
+    def invoke(*args: str, env: dict | None = None):
+        return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def run_stbench(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m stbench`` in a fresh interpreter (for entry points and sys.path changes)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STBENCH_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "stbench", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
