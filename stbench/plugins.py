@@ -52,7 +52,10 @@ class Plugins:
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
         for impl in impls:
             def register(item: Any, _origin: str = impl.plugin_name) -> None:
-                check(item)
+                try:
+                    check(item)
+                except PluginError as e:
+                    raise PluginError(f"plugin '{_origin}': {e}") from None
                 registry.add(name_of(item), item, _origin)
             others = [i.plugin for i in impls if i.plugin is not impl.plugin]
             call_one = self.pm.subset_hook_caller(hook_name, remove_plugins=others)

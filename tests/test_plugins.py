@@ -126,3 +126,40 @@ def test_entry_point_plugin_is_listed_and_runs(tmp_path):
     ran = run_stbench("run", "--model", "colour-ridge", "--dataset", "synthetic", "--out", str(tmp_path / "out"), env=env)
     assert ran.returncode == 0, ran.stderr
     assert list((tmp_path / "out" / "colour-ridge").glob("synthetic.strict.*.json"))
+
+
+DATA_AND_METRIC_PLUGIN = '''
+import numpy as np
+from stbench import Metric, hookimpl
+from stbench.synthetic import SyntheticDataset
+
+@hookimpl
+def register_datasets(register):
+    register(SyntheticDataset("mini", ("m1", "m2"), ("m2",), "single", grid_width=5, grid_height=4,
+                              n_genes=6, n_signal=3, patch_px=8))
+
+@hookimpl
+def register_metrics(register):
+    register(Metric("mae", higher_is_better=False, per_gene=True,
+                    fn=lambda t, p: np.abs(t - p).mean(0)))
+'''
+
+
+def test_third_party_dataset_and_metric_reach_the_results(cli, tmp_path):
+    d = plugin_dir(tmp_path, {"extras.py": DATA_AND_METRIC_PLUGIN})
+    assert "mini" in cli("--plugins-dir", str(d), "list", "datasets").output
+    ran = cli("--plugins-dir", str(d), "run", "-m", "mean", "-d", "mini", "--out", str(tmp_path / "o"))
+    assert ran.exit_code == 0, ran.output
+    (path,) = (tmp_path / "o" / "mean").glob("mini.strict.*.json")
+    from stbench.results import load_result
+    r = load_result(path)
+    assert r.metrics["mae"] == {"higher_is_better": False, "per_gene": True}
+    assert len(r.per_gene(0, "mae")) == 6 and r.summary["mae"]["mean"] > 0
+    board = cli("leaderboard", "--results", str(tmp_path / "o"))
+    assert board.exit_code == 0 and "mae ↓ median" in (tmp_path / "o" / "LEADERBOARD.md").read_text()
+
+
+def test_hook_registering_the_wrong_type_names_the_plugin(cli, tmp_path):
+    d = plugin_dir(tmp_path, {"wrong.py": "from stbench import hookimpl\n@hookimpl\ndef register_readers(register):\n    register('not a reader')\n"})
+    result = cli("--plugins-dir", str(d), "list", "readers")
+    assert result.exit_code == 2 and "plugin 'wrong': register_readers got 'not a reader'" in result.stderr
