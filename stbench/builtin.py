@@ -14,6 +14,10 @@ def register_metrics(register):
 
 @hookimpl
 def register_readers(register):
+    from .readers.anndata_reader import AnnDataReader
+    from .readers.st_legacy import STLegacyReader
+    from .readers.visium import VisiumReader
     from .synthetic import SyntheticReader
 
-    register(SyntheticReader())
+    for reader in (SyntheticReader(), VisiumReader(), STLegacyReader(), AnnDataReader()):
+        register(reader)

@@ -38,6 +38,7 @@ class DatasetEntry:
     pixel_size_um: float | None = None
     patch_px: int = 256
     root: str = ""
+    base_url: str = ""
     citation: str = ""
     license: str = ""
     sources: tuple[Mapping[str, Any], ...] = ()
@@ -71,7 +72,9 @@ _FIELDS: dict[str, tuple[Any, str, bool]] = {
     "root": (lambda v: isinstance(v, str), "a string", False),
     "citation": (lambda v: isinstance(v, str), "a string", False),
     "license": (lambda v: isinstance(v, str), "a string", False),
-    "sources": (lambda v: isinstance(v, list) and all(isinstance(x, dict) and "url" in x for x in v), "a list of tables with a url", False),
+    "base_url": (lambda v: isinstance(v, str) and v.endswith("/"), "a URL ending in /", False),
+    "sources": (lambda v: isinstance(v, list) and all(isinstance(x, dict) and isinstance(x.get("path"), str) for x in v),
+                "a list of tables {path, sha256, size, url}", False),
     "params": (lambda v: isinstance(v, dict), "a table", False),
     "expected_spots": (_table_of(int), "a table slide -> integer", False),
 }
@@ -105,6 +108,12 @@ def parse_entry(name: str, raw: Any, source: str) -> DatasetEntry:
     patients = raw.get("patients", {})
     if raw.get("split") == "patients" and set(patients) != set(slides):
         raise CatalogError(f"{where} uses split = \"patients\" but 'patients' does not cover every slide")
+    for src in raw.get("sources", []):
+        unknown = set(src) - {"path", "url", "sha256", "size", "gunzip"}
+        if unknown:
+            raise CatalogError(f"{where} source '{src['path']}' has unknown key(s) {', '.join(sorted(unknown))}")
+        if "url" not in src and "base_url" not in raw:
+            raise CatalogError(f"{where} source '{src['path']}' needs a 'url' or the entry a 'base_url'")
     values = {k: v for k, v in raw.items() if k in _FIELDS}
     for k in ("slides", "query"):
         values[k] = tuple(values[k])

@@ -187,5 +187,106 @@ def leaderboard(results_dir: str, out: str | None, check: bool) -> None:
     click.echo(f"wrote {target}")
 
 
+def _catalog_dataset(ctx: click.Context, name: str) -> Any:
+    from .catalog_dataset import CatalogDataset
+
+    dataset = _app(ctx).plugins.datasets.get(name)
+    if not isinstance(dataset, CatalogDataset):
+        raise StbenchError(f"dataset '{name}' is not read from files (it comes from plugin "
+                           f"'{_app(ctx).plugins.datasets.origin(name)}'); nothing to fetch or prepare")
+    return dataset
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--mirror", default=None, help="Folder or URL replacing the upstream base URL [env: STBENCH_MIRROR].")
+@click.pass_context
+def fetch(ctx: click.Context, names: tuple[str, ...], mirror: str | None) -> None:
+    """Download the source files of datasets into the data root (STBENCH_DATA), verified."""
+    from .fetch import dataset_folder, fetch_dataset
+    from .progress import RichProgress
+
+    console = _console()
+    for name in names:
+        dataset = _catalog_dataset(ctx, name)
+        with RichProgress(console) as progress:
+            paths = fetch_dataset(dataset.entry, mirror=mirror, progress=progress)
+        console.print(f"{name}: {len(paths)} file(s) in {dataset_folder(dataset.entry)}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--folds", default="default", show_default=True)
+@click.option("--protocol", default="strict", show_default=True, type=click.Choice(["strict", "paper"]))
+@click.pass_context
+def prepare(ctx: click.Context, name: str, folds: str, protocol: str) -> None:
+    """Cut every slide's patches into the shared HDF5 cache and prepare each fold's expression."""
+    from rich.table import Table
+
+    from .patch_cache import open_patches
+    from .progress import RichProgress
+
+    dataset = _catalog_dataset(ctx, name)
+    dataset.check_present()
+    console = _console()
+    table = Table(title=f"{name}: patch cache")
+    for col in ("slide", "spots", "kept", "padded", "dropped", "file"):
+        table.add_column(col, justify="left" if col in ("slide", "file") else "right")
+    with RichProgress(console) as progress:
+        for slide in dataset.slides:
+            path = dataset.patches(slide, progress)
+            a = open_patches(path)["attrs"]
+            table.add_row(slide, str(a["n_spots_in"]), str(a["n_kept"]), str(a["n_padded"]), str(a["n_dropped"]), str(path))
+        fold_list = dataset.folds(folds)
+        for i, fold in enumerate(fold_list):
+            progress("prepare folds", i, len(fold_list), fold=fold.name)
+            prepared = dataset.prepare(fold, protocol)
+        progress("prepare folds", len(fold_list), len(fold_list))
+    console.print(table)
+    console.print(f"{len(fold_list)} fold(s) prepared ({protocol}); last: {len(prepared.genes)} genes")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect, verify or clear the shared patch cache (STBENCH_CACHE)."""
+
+
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(as_json: bool) -> None:
+    """List cached patch files."""
+    from .patch_cache import cache_root, list_cache
+
+    rows = list_cache(cache_root())
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r.get('slide_key', '?'):<28} {r.get('spec_key', '?'):<16} {r.get('n_kept', '?'):>6} spots "
+                   f"{int(r.get('size', 0)) / 1e6:8.1f} MB  {r.get('valid') or 'valid' if r.get('valid') in (None, True) else r.get('valid')}")
+    click.echo(f"{len(rows)} file(s) in {cache_root()}")
+
+
+@cache.command("verify")
+def cache_verify() -> None:
+    """Check every cached patch file; exit 1 if any is invalid."""
+    from .patch_cache import cache_root, verify_cache
+
+    bad = 0
+    for path, reason in verify_cache(cache_root()):
+        click.echo(f"{'ok' if reason is None else 'INVALID'}  {path}" + (f"  ({reason})" if reason else ""))
+        bad += reason is not None
+    sys.exit(1 if bad else 0)
+
+
+@cache.command("clear")
+@click.option("--pattern", default="*", show_default=True, help="Glob over slide keys, e.g. 'her2st/*'.")
+def cache_clear(pattern: str) -> None:
+    """Delete cached patch files (and stale temporary or lock files)."""
+    from .patch_cache import cache_root, clear_cache
+
+    click.echo(f"removed {clear_cache(cache_root(), pattern)} file(s) from {cache_root()}")
+
+
 def main() -> None:
     cli(prog_name="stbench")

@@ -89,3 +89,23 @@ class SlidePatches:
             images=np.asarray(self.images[np.sort(index)])[np.argsort(np.argsort(index))],
             expression=None if self.expression is None else self.expression[index],
         )
+
+
+class ImagesView:
+    """Rows ``index`` of an images array-like, without reading them."""
+
+    def __init__(self, images: Any, index: np.ndarray) -> None:
+        self.images, self.index = images, np.asarray(index, dtype=np.int64)
+        self.shape = (len(self.index), *tuple(images.shape[1:]))
+        self.dtype = getattr(images, "dtype", np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = self.index[key]
+        return np.asarray(self.images[rows])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self.images[self.index])
+        return out.astype(dtype) if dtype is not None else out

@@ -35,3 +35,38 @@ def run_stbench(*args: str, env: dict | None = None, cwd: Path | None = None) ->
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "stbench", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def http_server():
+    """Serve a folder on 127.0.0.1 (a stand-in for upstream hosts); yields a function folder -> base URL."""
+    import functools
+    import http.server
+    import threading
+
+    servers = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(Quiet, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.fixture
+def stbench_dirs(tmp_path, monkeypatch):
+    """Fresh data root and cache for one test."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    monkeypatch.setenv("STBENCH_DATA", str(data))
+    monkeypatch.setenv("STBENCH_CACHE", str(cache))
+    return data, cache

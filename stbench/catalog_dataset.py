@@ -1,0 +1,155 @@
+"""A dataset declared in datasets.toml and read from files: reader -> patch cache -> preprocessing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .catalog import DatasetEntry
+from .dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
+from .errors import DataError
+from .fetch import dataset_folder, missing_sources
+from .preprocess import PREPROCESS_VERSION, GeneSelection, PreparedExpression, prepare_expression
+from .slide import ImagesView, SlidePatches
+
+log = logging.getLogger("stbench")
+
+
+def _file_identity(path: str) -> list[Any]:
+    p = Path(path)
+    st = p.stat()
+    return [p.name, st.st_size, st.st_mtime_ns]
+
+
+class CatalogDataset(Dataset):
+    def __init__(self, entry: DatasetEntry, reader: Any) -> None:
+        self.entry, self.reader = entry, reader
+        self.name, self.description = entry.name, entry.description
+        self.slides, self.query_slides = entry.slides, entry.query
+        self.patients = dict(entry.patients)
+        self.default_split = entry.split
+
+    @property
+    def folder(self) -> Path:
+        return dataset_folder(self.entry)
+
+    def check_present(self) -> None:
+        missing = missing_sources(self.entry) if self.entry.sources else ([] if self.folder.is_dir() else [""])
+        if missing:
+            what = f"{missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else (missing[0] or "its folder")
+            raise DataError(f"dataset '{self.name}' is not downloaded ({what} missing in {self.folder}): "
+                            f"run `stbench fetch {self.name}`")
+
+    @lru_cache(maxsize=None)
+    def read(self, slide: str) -> Any:
+        adata = self.reader.read_slide(self.folder, slide, patient=self.patients.get(slide), params=dict(self.entry.params))
+        expected = self.entry.expected_spots.get(slide)
+        if expected is not None and adata.n_obs != expected:
+            log.warning("dataset %s slide %s: %d spots under tissue, the catalogue expects %d",
+                        self.name, slide, adata.n_obs, expected)
+        if self.entry.pixel_size_um is not None:
+            adata.uns["stbench"]["pixel_size_um"] = self.entry.pixel_size_um
+        return adata
+
+    def patches(self, slide: str, progress: ProgressFn | None = None) -> Path:
+        """The slide's HDF5 patch file, built on first use and shared by every model and gene set."""
+        from .patch_cache import PatchSpec, cache_root, ensure_patches, patch_file
+
+        adata = self.read(slide)
+        meta = adata.uns["stbench"]
+        spec = PatchSpec(patch_px=self.entry.patch_px)
+        out = patch_file(cache_root(), f"{self.entry.root or self.name}/{slide}", spec)
+        return ensure_patches(
+            meta["image_path"], np.asarray(adata.obsm["spatial"], dtype=np.float64), np.asarray(adata.obs_names),
+            adata.obs[["array_col", "array_row"]].to_numpy(), out, spec,
+            image_scale=float(meta.get("image_scale", 1.0)), source_um_per_px=meta.get("pixel_size_um"),
+            reader_version=f"{self.reader.name}/{self.reader.version}", progress=progress,
+        )
+
+    def _prepared_key(self, fold: Fold, protocol: str, patch_barcodes: dict[str, np.ndarray]) -> str:
+        inputs = {
+            "reader": [self.reader.name, self.reader.version], "params": dict(self.entry.params),
+            "genes": dict(self.entry.genes), "harmony": self.entry.harmony, "protocol": protocol,
+            "reference": list(fold.reference), "query": list(fold.query), "version": PREPROCESS_VERSION,
+            "files": {s: [_file_identity(f) for f in self.read(s).uns["stbench"]["source_files"]] for s in patch_barcodes},
+            "spots": {s: hashlib.sha256("\n".join(b).encode()).hexdigest() for s, b in patch_barcodes.items()},
+        }
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def _expression(self, fold: Fold, protocol: str, patch_barcodes: dict[str, np.ndarray]) -> PreparedExpression:
+        """Prepared matrices, cached on disk by a hash of the inputs, protocol and fold."""
+        import h5py
+
+        from .patch_cache import cache_root
+
+        path = cache_root() / "prepared" / self.name / f"{self._prepared_key(fold, protocol, patch_barcodes)}.h5"
+        if path.exists():
+            try:
+                with h5py.File(path, "r") as f:
+                    genes = tuple(x.decode() for x in f["genes"][:])
+                    slides = list(patch_barcodes)
+                    return PreparedExpression(
+                        genes, {s: f[f"slides/{s}/matrix"][:] for s in slides},
+                        {s: np.array([x.decode() for x in f[f"slides/{s}/barcodes"][:]]) for s in slides},
+                        json.loads(f.attrs["info"]))
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("recomputing %s: unreadable prepared cache (%s)", path, e)
+        raw = {}
+        for s, barcodes in patch_barcodes.items():
+            adata = self.read(s)
+            raw[s] = adata[adata.obs_names.isin(barcodes)]
+        gene_sel = GeneSelection(self.entry.genes["set"], self.entry.genes.get("n_per_slide"))
+        prepared = prepare_expression(raw, fold.reference, fold.query, protocol, gene_sel, self.entry.harmony)
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("genes", data=np.array(prepared.genes, dtype="S"))
+            for s in patch_barcodes:
+                f.create_dataset(f"slides/{s}/matrix", data=prepared.matrices[s], compression="gzip")
+                f.create_dataset(f"slides/{s}/barcodes", data=np.array(prepared.barcodes[s], dtype="S"))
+            f.attrs["info"] = json.dumps(prepared.info)
+        return prepared
+
+    def prepare(self, fold: Fold, protocol: str = "strict", progress: ProgressFn | None = None) -> PreparedFold:
+        from .patch_cache import open_patches
+
+        check_protocol(protocol)
+        self.check_present()
+        slides = [*fold.reference, *fold.query]
+        opened = {}
+        for i, s in enumerate(slides):
+            if progress:
+                progress("prepare slides", i, len(slides), slide=s)
+            opened[s] = open_patches(self.patches(s, progress))
+        if progress:
+            progress("prepare slides", len(slides), len(slides))
+        expr = self._expression(fold, protocol, {s: np.asarray(opened[s]["barcodes"]).astype(str) for s in slides})
+        views = {}
+        for s in slides:
+            p = opened[s]
+            pb = np.asarray(p["barcodes"]).astype(str)
+            lookup = {b: i for i, b in enumerate(pb)}
+            index = np.fromiter((lookup[b] for b in expr.barcodes[s]), dtype=np.int64, count=len(expr.barcodes[s]))
+            images = p["images"] if np.array_equal(index, np.arange(len(pb))) else ImagesView(p["images"], index)
+            meta = self.read(s).uns["stbench"]
+            views[s] = SlidePatches(
+                slide_id=s, barcodes=expr.barcodes[s], coords=np.asarray(p["coords"])[index],
+                grid=np.asarray(p["grid"])[index], images=images, genes=expr.genes, expression=expr.matrices[s],
+                pixel_size_um=meta.get("pixel_size_um"), patient=self.patients.get(s, s),
+            )
+        info = {**expr.info, "patch_px": self.entry.patch_px,
+                "spots": {s: len(views[s]) for s in slides}}
+        return PreparedFold(
+            fold=fold, genes=expr.genes, train=[views[s] for s in fold.reference],
+            queries=[views[s].without_expression() for s in fold.query],
+            truth={s: views[s].expression for s in fold.query}, info=info,
+        )
+
+    def info(self) -> dict[str, Any]:
+        e = self.entry
+        return {**super().info(), "reader": e.reader, "gene_set": e.gene_set, "n_per_slide": e.genes.get("n_per_slide"),
+                "harmony": e.harmony, "patch_px": e.patch_px, "citation": e.citation, "catalogue": e.source_file}

@@ -1,0 +1,98 @@
+"""Training loader over cached patches: uint8 tensors, paired augmentation, worker processes, seeded.
+
+Augmentation is the papers': random horizontal and vertical flips and a rotation by a multiple of 90
+degrees, applied to uint8 tensors (no resampling, no interpolation). Each item's random draw depends
+only on (seed, epoch, item index, view), so results do not depend on the number of workers.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def augment_params(seed: int, epoch: int, index: int, view: int) -> tuple[bool, bool, int]:
+    rng = np.random.default_rng([seed, epoch, index, view, zlib.crc32(b"augment")])
+    hflip, vflip, k = rng.integers(0, 2), rng.integers(0, 2), rng.integers(0, 4)
+    return bool(hflip), bool(vflip), int(k)
+
+
+def augment(patch: Any, hflip: bool, vflip: bool, k: int) -> Any:
+    """Apply flips then ``k`` quarter turns to an (..., H, W) tensor or (H, W, C) array."""
+    import torch
+
+    if isinstance(patch, torch.Tensor):
+        h, w = patch.dim() - 2, patch.dim() - 1
+        if hflip:
+            patch = torch.flip(patch, dims=(w,))
+        if vflip:
+            patch = torch.flip(patch, dims=(h,))
+        return torch.rot90(patch, k, dims=(h, w)) if k else patch
+    if hflip:
+        patch = patch[:, ::-1]
+    if vflip:
+        patch = patch[::-1]
+    return np.rot90(patch, k, axes=(0, 1)) if k else patch
+
+
+class PatchDataset:
+    """Items ``(images, expression, index)`` over the spots of several slides.
+
+    ``images`` is a uint8 tensor (3, H, W), or (views, 3, H, W) with ``views=2`` (two independently
+    augmented views, as HECLIP trains). ``expression`` is float32 (G,) or an empty tensor when the
+    slides carry none. Call :meth:`set_epoch` before each epoch so the augmentation changes.
+    """
+
+    def __init__(self, slides: Sequence[Any], *, augment: bool = True, views: int = 1, seed: int = 0,
+                 rows: Sequence[int] | None = None) -> None:
+        self.slides = list(slides)
+        self.augment, self.views, self.seed, self.epoch = augment, views, seed, 0
+        sizes = [len(s) for s in self.slides]
+        self.slide_of = np.repeat(np.arange(len(sizes)), sizes)
+        self.row_of = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            self.slide_of, self.row_of = self.slide_of[rows], self.row_of[rows]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.slide_of)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        import torch
+
+        slide = self.slides[self.slide_of[i]]
+        row = int(self.row_of[i])
+        patch = torch.from_numpy(np.array(slide.images[row], dtype=np.uint8)).permute(2, 0, 1)
+        out = []
+        for v in range(self.views):
+            p = patch
+            if self.augment:
+                p = augment(p, *augment_params(self.seed, self.epoch, i, v))
+            out.append(p.contiguous())
+        images = out[0] if self.views == 1 else torch.stack(out)
+        expr = slide.expression
+        target = torch.tensor(expr[row], dtype=torch.float32) if expr is not None else torch.empty(0)
+        return images, target, i
+
+
+def _worker_init(worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0,
+                drop_last: bool = False) -> Any:
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+        worker_init_fn=_worker_init if workers else None, persistent_workers=bool(workers),
+        drop_last=drop_last, pin_memory=False,
+    )

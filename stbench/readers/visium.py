@@ -1,0 +1,376 @@
+"""Reader for 10x Visium Space Ranger output (1.x and 2.x layouts, h5 or mtx counts, GEO file names)."""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import DataError
+from .base import SlideReader
+from .checks import (bool_param, check_in_image, check_params, check_slide_adata, estimate_pixel_size,
+                     find_by_suffix, glob_one, image_size, match_rate_check, matches_any, one_line,
+                     positive_float_param, unique_gene_symbols)
+
+log = logging.getLogger("stbench")
+
+POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
+POSITION_SUFFIXES = ("tissue_positions.csv", "tissue_positions.csv.gz", "tissue_positions_list.csv",
+                     "tissue_positions_list.csv.gz", "tissue_positions_list.txt", "tissue_positions_list.txt.gz")
+H5_SUFFIXES = ("filtered_feature_bc_matrix.h5",)
+MTX_SUFFIXES = ("matrix.mtx", "matrix.mtx.gz")
+BARCODE_SUFFIXES = ("barcodes.tsv", "barcodes.tsv.gz")
+FEATURE_SUFFIXES = ("features.tsv", "features.tsv.gz", "genes.tsv", "genes.tsv.gz")
+SCALEFACTOR_SUFFIXES = ("scalefactors_json.json", "scalefactors_json.json.gz")
+HIRES_SUFFIXES = ("tissue_hires_image.png",)
+IMAGE_PATTERNS = ("*.tif", "*.tiff", "*.btf", "*.jpg", "*.jpeg", "*.png")
+# Space Ranger's own downsampled / QC images: never the full-resolution H&E.
+NOT_FULLRES = ("*tissue_*_image.png", "*aligned_fiducials.jpg", "*detected_tissue_image.jpg",
+               "*aligned_tissue_image.jpg", "*cytassist_image.tif*", "*spot_*.png")
+LAYOUTS = ("per-slide", "flat")
+MIN_MATCH_RATE = 0.9
+
+PARAMS = {
+    "layout": '"per-slide" (default: folder/<slide>/) or "flat" (folder itself)',
+    "image": "full-resolution image: file name or glob in the slide folder, or an absolute path",
+    "pixel_size_um": "um per full-resolution pixel (default: estimated from the spot pitch)",
+    "min_match_rate": f"minimum fraction of count barcodes with a position (default {MIN_MATCH_RATE})",
+    "check_bounds": "fail when spot centres lie outside the image (default true)",
+}
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz") else open(
+        path, encoding="utf-8")
+
+
+def _read_error(path: Path, e: Exception, what: str) -> DataError:
+    return DataError(one_line(f"cannot read {what} {path} ({type(e).__name__}: {e}); "
+                              f"re-download or re-export the file"))
+
+
+class VisiumReader(SlideReader):
+    """10x Visium: a Space Ranger output folder per slide (1.x or 2.x), optionally with GEO-style names.
+
+    **Layout.** By default (``layout = "per-slide"``) slide ``S`` lives in ``folder/S/``; when that folder
+    holds an ``outs/`` folder (a raw ``spaceranger count`` run), ``outs/`` is used. With
+    ``layout = "flat"`` the files lie in ``folder`` itself; several slides may then share it when their
+    file names contain the slide id (e.g. GEO's ``GSM7697868_C73A1_matrix.mtx.gz`` for slide ``C73A1``):
+    whenever a suffix matches several files, only names containing the slide id are kept.
+
+    Files are matched by name suffix (so GEO prefixes and ``.gz`` work), in the slide folder, its
+    ``spatial/`` and its ``filtered_feature_bc_matrix/`` folders; each must match exactly once:
+
+    - positions: ``*tissue_positions.csv`` (Space Ranger 2.x, header) or ``*tissue_positions_list.csv``/
+      ``.txt`` (1.x, no header), optionally ``.gz``. The header is sniffed (first field ``barcode``).
+      Columns are taken in the TRUE 10x order ``barcode, in_tissue, array_row, array_col,
+      pxl_row_in_fullres, pxl_col_in_fullres``, so ``x = pxl_col_in_fullres`` and
+      ``y = pxl_row_in_fullres``. Only ``in_tissue == 1`` spots are kept.
+    - counts: ``*filtered_feature_bc_matrix.h5`` (read with ``scanpy.read_10x_h5``; gene symbols become
+      var names, Gene Expression features only), else ``*matrix.mtx(.gz)`` with ``*barcodes.tsv(.gz)``
+      and ``*features.tsv(.gz)`` (or ``genes.tsv``) from ``filtered_feature_bc_matrix/`` or the slide
+      folder. Unfiltered matrices are fine: off-tissue barcodes are dropped. Count barcodes absent from
+      the positions are counted and logged; below ``min_match_rate`` the read fails.
+    - image: params ``image``, else the single ``*.tif/*.tiff/*.btf/*.jpg/*.jpeg/*.png`` in the slide
+      folder that is not a Space Ranger image (``tissue_*_image.png`` etc.); ``image_scale = 1``. Without
+      one, ``spatial/tissue_hires_image.png`` is used with ``image_scale = tissue_hires_scalef`` from
+      ``scalefactors_json.json`` and a UserWarning (patches are then cut from the downsampled image).
+
+    Params: ``layout``, ``image``, ``pixel_size_um`` (else estimated from the spot pitch: neighbours on
+    the same ``array_row`` two ``array_col`` apart are 100 um apart), ``min_match_rate`` (0.9),
+    ``check_bounds`` (true: spot centres must lie inside the image).
+    """
+
+    name: ClassVar[str] = "visium"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = "10x Visium Space Ranger 1.x/2.x output (h5 or mtx counts, GEO file names)"
+
+    def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
+                   params: dict[str, Any] | None = None) -> Any:
+        import anndata
+        import scipy.sparse as sp
+
+        folder = Path(folder)
+        where0 = f"visium slide '{slide}'"
+        params = check_params(params, PARAMS, where0)
+        layout = params.get("layout", "per-slide")
+        if layout not in LAYOUTS:
+            raise DataError(f"{where0}: reader param layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        min_rate = params.get("min_match_rate", MIN_MATCH_RATE)
+        if isinstance(min_rate, bool) or not isinstance(min_rate, (int, float)) or not 0 <= min_rate <= 1:
+            raise DataError(f"{where0}: reader param min_match_rate must be a number in [0, 1], got {min_rate!r}")
+        pixel_size = positive_float_param(params, "pixel_size_um", where0)
+        check_bounds = bool_param(params, "check_bounds", True, where0)
+
+        slide_dir, extra_image_dirs = self._slide_dir(folder, slide, layout, where0)
+        where = f"visium slide '{slide}' ({slide_dir})"
+        name_filter = slide if layout == "flat" else None
+        spatial_dir = slide_dir / "spatial"
+        layout_hint = ("expected a Space Ranger output folder with spatial/tissue_positions(_list).csv and "
+                       "filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/")
+
+        pos_path = find_by_suffix([spatial_dir, slide_dir], POSITION_SUFFIXES, what="spot positions file",
+                                  where=f"{where} ({layout_hint})", name_filter=name_filter)
+        positions, fmt = self._read_positions(pos_path, where)
+        counts, count_files = self._read_counts(slide_dir, where, layout_hint, name_filter)
+        source_files = [str(pos_path), *map(str, count_files)]
+
+        # ---- join: in-tissue positions x count barcodes
+        if not positions.index.is_unique:
+            dups = positions.index[positions.index.duplicated()].unique()
+            raise DataError(one_line(f"{where}: barcode(s) {', '.join(map(str, dups[:3]))} appear more than once "
+                                     f"in {pos_path}; remove the duplicate rows"))
+        in_tissue = positions.index[positions["in_tissue"].to_numpy() == 1]
+        off_tissue = positions.index[positions["in_tissue"].to_numpy() != 1]
+        bc = counts.obs_names
+        is_off = bc.isin(off_tissue)
+        candidates = bc[~is_off]
+        if is_off.any():
+            log.info("%s: dropped %d count barcodes marked in_tissue = 0 in %s", where, int(is_off.sum()),
+                     pos_path.name)
+        if len(candidates) == 0 and len(bc):
+            raise DataError(one_line(f"{where}: all {len(bc)} barcodes of the count matrix are marked in_tissue = 0 "
+                                     f"in {pos_path}; check that the positions file belongs to this slide"))
+        keep = candidates.isin(in_tissue)
+        match_rate_check(int(keep.sum()), len(candidates), len(in_tissue), where,
+                         min_rate=float(min_rate), counts_only=list(candidates[~keep][:5]),
+                         positions_only=list(in_tissue[~in_tissue.isin(bc)][:5]),
+                         counts_label=f"count matrix {count_files[0].name}", positions_label=pos_path.name)
+        barcodes = candidates[keep]
+        counts = counts[barcodes].copy()
+        pos = positions.loc[barcodes]
+        xy = np.column_stack([pos["pxl_col_in_fullres"].to_numpy(float), pos["pxl_row_in_fullres"].to_numpy(float)])
+
+        # ---- image
+        image, scale, sf_path = self._find_image(slide_dir, extra_image_dirs, spatial_dir, params, where,
+                                                 name_filter)
+        if sf_path is not None:
+            source_files.append(str(sf_path))
+        if check_bounds:
+            check_in_image(xy, scale, image_size(image, where), image, where)
+
+        # ---- pixel size (all positions: more neighbour pairs than the in-tissue spots alone)
+        if pixel_size is None:
+            pixel_size = estimate_pixel_size(
+                np.column_stack([positions["pxl_col_in_fullres"], positions["pxl_row_in_fullres"]]),
+                positions["array_row"], positions["array_col"], col_step=2, um_per_step=100.0, where=where)
+
+        X = counts.X
+        X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
+        n_zero = int((np.asarray(X.sum(axis=1)).ravel() == 0).sum())
+        obs = {
+            "array_row": pos["array_row"].to_numpy(np.int64),
+            "array_col": pos["array_col"].to_numpy(np.int64),
+            "slide": np.full(len(barcodes), slide, dtype=object),
+            "patient": np.full(len(barcodes), patient or slide, dtype=object),
+        }
+        import pandas as pd
+
+        adata = anndata.AnnData(X=X, obs=pd.DataFrame(obs, index=pd.Index(barcodes.astype(str), name=None)),
+                                var=counts.var.copy())
+        adata.obsm["spatial"] = xy
+        adata.uns["stbench"] = {
+            "image_path": str(image),
+            "image_scale": float(scale),
+            "pixel_size_um": None if pixel_size is None else float(pixel_size),
+            "reader": self.name,
+            "reader_version": self.version,
+            "source_files": source_files,
+            "positions_format": fmt,
+            "n_spots_in_tissue": int(len(in_tissue)),
+            "n_zero_count_spots": n_zero,
+        }
+        check_slide_adata(adata, where)
+        log.info("%s: read %d spots x %d genes (positions %s, %s; image %s, scale %.6g; %s um/px)", where,
+                 adata.n_obs, adata.n_vars, pos_path.name, fmt, image.name, scale,
+                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
+        return adata
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _slide_dir(folder: Path, slide: str, layout: str, where: str) -> tuple[Path, list[Path]]:
+        if layout == "flat":
+            if not folder.is_dir():
+                raise DataError(f"{where}: data folder {folder} does not exist; download the slide files there "
+                                f"(layout = \"flat\": all files directly in the folder)")
+            return folder, []
+        slide_dir = folder / slide
+        if not slide_dir.is_dir():
+            raise DataError(f"{where}: slide folder {slide_dir} does not exist; put the Space Ranger output of "
+                            f"slide '{slide}' there, or set params layout = \"flat\" if the files lie in {folder}")
+        if (slide_dir / "outs").is_dir():
+            return slide_dir / "outs", [slide_dir]
+        return slide_dir, []
+
+    @staticmethod
+    def _read_positions(path: Path, where: str):
+        import pandas as pd
+
+        try:
+            with _open_text(path) as fh:
+                first = fh.readline()
+            header = first.split(",")[0].strip().strip('"').lower() == "barcode"
+            df = pd.read_csv(path, header=0 if header else None, dtype=str, compression="infer")
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(path, e, "spot positions file") from None
+        if df.shape[1] < 6:
+            raise DataError(one_line(f"{where}: {path} has {df.shape[1]} columns, expected 6 "
+                                     f"({', '.join(POSITION_COLUMNS)}); is it a Space Ranger positions file?"))
+        if header and set(POSITION_COLUMNS) <= set(df.columns):
+            df = df[list(POSITION_COLUMNS)]
+        else:
+            df = df.iloc[:, :6]
+            df.columns = list(POSITION_COLUMNS)
+        fmt = "spaceranger-2 (header)" if header else "spaceranger-1 (no header)"
+        if header != path.name.lower().split(".")[0].endswith("tissue_positions"):
+            log.info("%s: %s %s a header row despite its name; read it as %s", where, path.name,
+                     "has" if header else "lacks", fmt)
+        df["barcode"] = df["barcode"].str.strip()
+        out = df.set_index("barcode")
+        for col in POSITION_COLUMNS[1:]:
+            values = pd.to_numeric(out[col], errors="coerce")
+            if values.isna().any():
+                bad = out.index[values.isna()][:3]
+                raise DataError(one_line(f"{where}: column {col} of {path} has non-numeric values (barcodes "
+                                         f"{', '.join(map(str, bad))}); expected columns {', '.join(POSITION_COLUMNS)}"))
+            out[col] = values
+        for col in POSITION_COLUMNS[1:4]:
+            if not np.allclose(out[col], np.round(out[col])):
+                raise DataError(one_line(f"{where}: column {col} of {path} is not integer; expected columns "
+                                         f"{', '.join(POSITION_COLUMNS)} in this order"))
+            out[col] = np.round(out[col]).astype(np.int64)
+        if not out["in_tissue"].isin([0, 1]).all():
+            raise DataError(one_line(f"{where}: column in_tissue (2nd) of {path} holds values other than 0/1; expected "
+                                     f"columns {', '.join(POSITION_COLUMNS)} in this order"))
+        return out, fmt
+
+    def _read_counts(self, slide_dir: Path, where: str, layout_hint: str, name_filter: str | None):
+        mtx_dir = slide_dir / "filtered_feature_bc_matrix"
+        h5 = find_by_suffix([slide_dir], H5_SUFFIXES, what="count matrix (h5)", where=where, required=False,
+                            name_filter=name_filter)
+        if h5 is not None:
+            return self._read_h5(h5, where), [h5]
+        mtx = find_by_suffix([mtx_dir, slide_dir], MTX_SUFFIXES, what="count matrix", required=False, where=where,
+                             name_filter=name_filter)
+        if mtx is None:
+            raise DataError(one_line(
+                f"{where}: no count matrix found; expected {slide_dir / 'filtered_feature_bc_matrix.h5'} or "
+                f"{mtx_dir}/matrix.mtx(.gz) with barcodes.tsv(.gz) and features.tsv(.gz) (GEO prefixes allowed)"))
+        bc = find_by_suffix([mtx.parent], BARCODE_SUFFIXES, what="barcodes file", where=where,
+                            name_filter=name_filter)
+        ft = find_by_suffix([mtx.parent], FEATURE_SUFFIXES, what="features file", where=where,
+                            name_filter=name_filter)
+        return self._read_mtx(mtx, bc, ft, where), [mtx, bc, ft]
+
+    @staticmethod
+    def _read_h5(path: Path, where: str):
+        import scanpy as sc
+
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*names are not unique.*")
+                adata = sc.read_10x_h5(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(path, e, "10x h5 count matrix") from None
+        adata.var_names = unique_gene_symbols(adata.var_names, f"{where}: {path.name}")
+        adata.obs_names = [str(b).strip() for b in adata.obs_names]
+        return adata
+
+    @staticmethod
+    def _read_mtx(mtx: Path, bc: Path, ft: Path, where: str):
+        import anndata
+        import pandas as pd
+        import scipy.io
+        import scipy.sparse as sp
+
+        try:
+            with (gzip.open(mtx, "rb") if mtx.name.lower().endswith(".gz") else open(mtx, "rb")) as fh:
+                m = scipy.io.mmread(fh)
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(mtx, e, "MatrixMarket count matrix") from None
+        try:
+            barcodes = pd.read_csv(bc, sep="\t", header=None, dtype=str, compression="infer")[0].str.strip()
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(bc, e, "barcodes file") from None
+        try:
+            features = pd.read_csv(ft, sep="\t", header=None, dtype=str, compression="infer")
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(ft, e, "features file") from None
+        m = sp.csr_matrix(m)
+        if m.shape != (len(features), len(barcodes)):
+            raise DataError(one_line(f"{where}: {mtx.name} is {m.shape[0]} x {m.shape[1]} (genes x barcodes) but "
+                                     f"{ft.name} has {len(features)} rows and {bc.name} {len(barcodes)}; "
+                                     f"the three files must come from the same matrix"))
+        ids = features[0].to_numpy()
+        symbols = features[1].to_numpy() if features.shape[1] > 1 else ids
+        keep = np.ones(len(features), dtype=bool)
+        if features.shape[1] > 2:
+            keep = (features[2] == "Gene Expression").to_numpy()
+            if not keep.any():
+                keep[:] = True
+        X = m[keep].T.tocsr()
+        var = pd.DataFrame({"gene_ids": ids[keep]},
+                           index=pd.Index(unique_gene_symbols(symbols[keep], f"{where}: {ft.name}")))
+        if features.shape[1] > 2:
+            var["feature_types"] = features[2].to_numpy()[keep]
+        return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes.to_numpy())), var=var)
+
+    @staticmethod
+    def _find_image(slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path, params: dict[str, Any],
+                    where: str, name_filter: str | None) -> tuple[Path, float, Path | None]:
+        if "image" in params:
+            pattern = params["image"]
+            if not isinstance(pattern, str) or not pattern:
+                raise DataError(f"{where}: reader param image must be a file name or glob, got {pattern!r}")
+            return glob_one(slide_dir, pattern, what="image", where=where), 1.0, None
+        dirs = [slide_dir, *extra_dirs]
+        found: list[Path] = []
+        zipped: list[Path] = []
+        for d in dirs:
+            for p in sorted(d.iterdir()):
+                if not p.is_file() or matches_any(p.name, NOT_FULLRES):
+                    continue
+                if matches_any(p.name, IMAGE_PATTERNS):
+                    found.append(p)
+                elif p.name.lower().endswith(".gz") and matches_any(p.name[:-3], IMAGE_PATTERNS):
+                    zipped.append(p)
+        if len(found) > 1 and name_filter:
+            found = [p for p in found if name_filter.lower() in p.name.lower()] or found
+        if len(found) == 1:
+            return found[0], 1.0, None
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found[:5])
+            raise DataError(one_line(f"{where}: several candidate full-resolution images ({names}); "
+                                     f"set params image to the one to use"))
+        if zipped:
+            raise DataError(one_line(f"{where}: the full-resolution image {zipped[0]} is gzipped; "
+                                     f"decompress it (gunzip -k) so that it can be read"))
+        hires = find_by_suffix([spatial_dir, slide_dir], HIRES_SUFFIXES, what="hires image", where=where,
+                               required=False, name_filter=name_filter)
+        if hires is None:
+            raise DataError(one_line(
+                f"{where}: no image found; put the full-resolution H&E (*.tif, *.tiff, *.btf, *.jpg, *.png) in "
+                f"{slide_dir} or set params image; spatial/tissue_hires_image.png is missing too"))
+        sf = find_by_suffix([spatial_dir, slide_dir], SCALEFACTOR_SUFFIXES, what="scale factors file",
+                            where=f"{where} (needed to use {hires.name})", name_filter=name_filter)
+        try:
+            with _open_text(sf) as fh:
+                factors = json.load(fh)
+            scale = factors["tissue_hires_scalef"]
+        except KeyError:
+            raise DataError(one_line(f"{where}: {sf} has no tissue_hires_scalef; re-export the Space Ranger "
+                                     f"spatial/ folder")) from None
+        except Exception as e:  # noqa: BLE001
+            raise _read_error(sf, e, "scale factors file") from None
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise DataError(one_line(f"{where}: tissue_hires_scalef in {sf} is {scale!r}, expected a number in (0, 1]"))
+        warnings.warn(one_line(
+            f"{where}: no full-resolution image in {slide_dir}; patches will be cut from the downsampled "
+            f"{hires.name} (scale {scale:g}); put the full-resolution H&E there or set params image"),
+            UserWarning, stacklevel=3)
+        return hires, float(scale), sf

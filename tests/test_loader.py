@@ -1,0 +1,70 @@
+import numpy as np
+import torch
+
+from stbench.loader import PatchDataset, augment, make_loader
+from stbench.testing import tiny_fold
+
+
+def dihedral(p):
+    """The 8 flips/rotations of an (H, W, 3) patch."""
+    out = []
+    for q in (p, p[:, ::-1]):
+        for k in range(4):
+            out.append(np.rot90(q, k))
+    return out
+
+
+def test_items_are_uint8_chw_with_expression():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=False)
+    img, expr, i = ds[5]
+    assert img.dtype == torch.uint8 and tuple(img.shape) == (3, 16, 16)
+    assert np.array_equal(img.permute(1, 2, 0).numpy(), fold.train[0].images[5])
+    assert np.allclose(expr.numpy(), fold.train[0].expression[5]) and i == 5
+    assert len(ds) == sum(len(s) for s in fold.train)
+    img2, expr2, _ = ds[len(fold.train[0]) + 2]
+    assert np.array_equal(img2.permute(1, 2, 0).numpy(), fold.train[1].images[2])
+
+
+def test_two_views_are_dihedral_transforms_and_seeded():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=True, views=2, seed=1)
+    views, _, _ = ds[3]
+    assert tuple(views.shape) == (2, 3, 16, 16)
+    original = fold.train[0].images[3]
+    for v in views:
+        hwc = v.permute(1, 2, 0).numpy()
+        assert any(np.array_equal(hwc, d) for d in dihedral(original))
+    again, _, _ = PatchDataset(fold.train, augment=True, views=2, seed=1)[3]
+    assert torch.equal(views, again)
+    changed = 0
+    for epoch in range(1, 6):
+        ds.set_epoch(epoch)
+        changed += not torch.equal(ds[3][0], views)
+    assert changed >= 3
+
+
+def test_augment_numpy_and_torch_agree():
+    p = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    t = torch.from_numpy(p).permute(2, 0, 1)
+    for params in [(True, False, 1), (False, True, 3), (True, True, 2), (False, False, 0)]:
+        a = augment(p, *params)
+        b = augment(t, *params).permute(1, 2, 0).numpy()
+        assert np.array_equal(np.ascontiguousarray(a), b)
+
+
+def test_workers_give_the_same_batches_as_the_main_process():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=True, seed=3)
+    main = [b[0] for b in make_loader(ds, 16, shuffle=True, seed=5, workers=0)]
+    multi = [b[0] for b in make_loader(ds, 16, shuffle=True, seed=5, workers=2)]
+    assert len(main) == len(multi) and all(torch.equal(a, b) for a, b in zip(main, multi))
+
+
+def test_rows_select_a_subset_and_query_slides_have_no_targets():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=False, rows=[0, 50, 60])
+    assert len(ds) == 3
+    assert np.array_equal(ds[1][0].permute(1, 2, 0).numpy(), fold.train[1].images[50 - len(fold.train[0])])
+    q = PatchDataset(fold.queries, augment=False)
+    assert q[0][1].numel() == 0
