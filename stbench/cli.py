@@ -114,6 +114,8 @@ def _print_summary(console: Any, result: Any) -> None:
     for col in ("metric", "median", "mean", "excluded genes"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, s in result.summary.items():
+        if name.startswith("pearson_") and not name.endswith("@50"):
+            continue
         arrow = {True: " ↑", False: " ↓"}.get(result.metrics.get(name, {}).get("higher_is_better"), "")
         median = _fmt(s.get("median"), s.get("median_sd")) if s.get("median") is not None or "n_nan" in s else ""
         table.add_row(name + arrow, median, _fmt(s.get("mean"), s.get("sd")), str(s.get("n_nan", "")))
@@ -262,8 +264,9 @@ def cache_ls(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=1, default=str))
         return
     for r in rows:
-        click.echo(f"{r.get('slide_key', '?'):<28} {r.get('spec_key', '?'):<16} {r.get('n_kept', '?'):>6} spots "
-                   f"{int(r.get('size', 0)) / 1e6:8.1f} MB  {r.get('valid') or 'valid' if r.get('valid') in (None, True) else r.get('valid')}")
+        state = "valid" if r["valid"] else f"INVALID ({r['reason']})"
+        click.echo(f"{r['slide_key']:<28} {r['spec_key']:<16} {r['n_kept'] if r['n_kept'] is not None else '?':>6} spots "
+                   f"{r['size_bytes'] / 1e6:8.1f} MB  {state}")
     click.echo(f"{len(rows)} file(s) in {cache_root()}")
 
 

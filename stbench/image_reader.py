@@ -108,11 +108,19 @@ class ImageSource:
         if y1 < y0 or x1 < x0:
             raise ValueError(f"empty or reversed window y {y0}:{y1}, x {x0}:{x1}")
         h, w = self.shape
-        out = np.full((y1 - y0, x1 - x0, 3), 255, dtype=np.uint8)
         iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        if (iy0, iy1, ix0, ix1) == (y0, y1, x0, x1) and y1 > y0 and x1 > x0:
+            a = self._read_inside(y0, y1, x0, x1)  # fully inside: no padded copy
+            return a if a.flags.writeable else a.copy()  # never hand out a cached array
+        out = np.full((y1 - y0, x1 - x0, 3), 255, dtype=np.uint8)
         if iy0 < iy1 and ix0 < ix1:
             out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = self._read_inside(iy0, iy1, ix0, ix1)
         return out
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per decoded unit (tile or strip height); reads aligned to it decode each once."""
+        return 1
 
     @property
     def windowed(self) -> bool:
@@ -166,6 +174,7 @@ class PILImageSource(ImageSource):
                         raise
                     except Exception as e:
                         raise _fail(self.path, e) from None
+                self._array.flags.writeable = False
                 if self._array.shape[:2] != self.shape:
                     raise _fail(self.path, f"decoded size {self._array.shape[:2]} != header size {self.shape}")
             return self._array
@@ -302,6 +311,12 @@ class TiffImageSource(ImageSource):
     def windowed(self) -> bool:
         return self._mode in ("raw", "zarr")
 
+    @property
+    def chunk_rows(self) -> int:
+        if self._mode == "zarr":
+            return int(self._zarr.chunks[self._axes.index("Y")])
+        return 1
+
     # -- reads ----------------------------------------------------------------------------------
 
     def _index(self, y0: int, y1: int, x0: int, x1: int) -> tuple:
@@ -344,6 +359,7 @@ class TiffImageSource(ImageSource):
         with self._lock:
             if self._array is None:
                 self._array = np.asarray(self._zarr[...])
+                self._array.flags.writeable = False
             return self._array
 
     def _read_raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

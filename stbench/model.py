@@ -40,13 +40,14 @@ class Model(ABC):
 
     def __init__(self, options: Any = None, *, device: str = "cpu", seed: int = 0,
                  protocol: str = "strict", workdir: str | Path | None = None,
-                 progress: Callable[..., None] | None = None) -> None:
+                 progress: Callable[..., None] | None = None, dataset_info: Mapping[str, Any] | None = None) -> None:
         self.options = options if options is not None else type(self).Options()
         if not dataclasses.is_dataclass(self.options):
             raise TypeError(f"{type(self).__name__}: options must be an Options dataclass instance")
         self.device, self.seed, self.protocol = device, seed, protocol
         self.workdir = Path(workdir) if workdir is not None else None
         self._progress = progress
+        self.dataset_info = dict(dataset_info or {})
 
     def report(self, task: str, completed: float, total: float | None = None, **info: Any) -> None:
         """Tell the caller how far a long step is (the CLI shows a progress bar)."""

@@ -28,7 +28,7 @@ from .errors import PluginError
 from .registry import Registry
 
 CORE_PLUGIN = "stbench.builtin"
-DEFAULT_PLUGINS: tuple[str, ...] = ("stbench_baselines",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("stbench_baselines", "stbench_heclip", "stbench_bleep", "stbench_clip")
 ENTRY_POINT_GROUP = "stbench"
 
 

@@ -89,7 +89,8 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
             prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
             fold_dir = Path(workdir or scratch) / f"fold{i}"
             model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol,
-                                   workdir=fold_dir, progress=progress)
+                                   workdir=fold_dir, progress=progress,
+                                   dataset_info=prepared.info)
             t0 = time.perf_counter()
             model.fit(list(prepared.train), list(prepared.genes))
             fit_s = time.perf_counter() - t0

@@ -50,8 +50,9 @@ def plugin_dir(tmp_path, files: dict):
 
 def test_builtins_register_through_hooks():
     p = get_plugin_manager(env={})
-    assert [i.name for i in p.loaded][:2] == ["stbench.builtin", "stbench_baselines"]
-    assert p.models.names() == ["mean", "random-k"]
+    assert [i.name for i in p.loaded][:3] == ["stbench.builtin", "stbench_baselines", "stbench_heclip"]
+    assert {"mean", "random-k", "heclip"} <= set(p.models.names())
+    assert p.models.origin("heclip") == "stbench_heclip"
     assert p.models.origin("mean") == "stbench_baselines"
     assert {"rmse", "ssim", "pearson", "hit@1", "hit@2", "hit@3"} <= set(p.metrics.names())
     assert "synthetic" in p.readers and "synthetic" in p.datasets

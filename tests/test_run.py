@@ -100,4 +100,4 @@ def test_python_dash_m_entry(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "results:" in done.stdout
     bad = run_stbench("run", "--model", "heclp", "--dataset", "synthetic")
-    assert bad.returncode == 2 and bad.stderr.strip() == "stbench: error: unknown model 'heclp'; known: mean, random-k"
+    assert bad.returncode == 2 and bad.stderr.strip() == "stbench: error: unknown model 'heclp'; did you mean 'heclip'?"

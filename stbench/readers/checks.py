@@ -282,7 +282,7 @@ def check_in_image(spatial: np.ndarray, scale: float, size: tuple[int, int], ima
 
 
 def find_by_suffix(folders: Sequence[Path], suffixes: Sequence[str], *, what: str, where: str,
-                   required: bool = True, name_filter: str | None = None) -> Path | None:
+                   required: bool = True, name_filter: str | None = None, expected: str | None = None) -> Path | None:
     """The single file in ``folders`` whose name ends with one of ``suffixes`` (case-insensitive).
 
     Matches across all folders and suffixes are pooled; when several match and ``name_filter`` is given,
@@ -300,13 +300,14 @@ def find_by_suffix(folders: Sequence[Path], suffixes: Sequence[str], *, what: st
     if len(found) == 1:
         return found[0]
     looked = " or ".join(str(f) for f in folders)
-    expected = ", ".join(f"*{s}" for s in suffixes)
+    expected = expected or "a file named like " + ", ".join(f"*{s}" for s in suffixes)
     if not found:
         if not required:
             return None
-        raise DataError(one_line(f"{where}: no {what} found in {looked}; expected a file named like {expected}"))
-    raise DataError(one_line(f"{where}: several {what} files found ({_shown([p.name for p in found])}) in {looked}; "
-                             f"keep exactly one file named like {expected}"))
+        raise DataError(one_line(f"{where}: no {what} found in {looked}; expected {expected}"))
+    names = _shown([p.name for p in found])
+    raise DataError(one_line(f"{where}: several files could be the {what} ({names}) in {looked}; "
+                             f"keep exactly one ({expected})"))
 
 
 def check_params(params: Mapping[str, Any] | None, allowed: Mapping[str, str], where: str) -> dict[str, Any]:
@@ -314,9 +315,8 @@ def check_params(params: Mapping[str, Any] | None, allowed: Mapping[str, str], w
     params = dict(params or {})
     for key in params:
         if key not in allowed:
-            known = ", ".join(f"{k} ({v})" for k, v in allowed.items())
-            raise DataError(one_line(f"{where}: unknown reader param '{key}'{did_you_mean(key, allowed)}; "
-                                     f"known params: {known}"))
+            hint = did_you_mean(key, allowed) or f"; known params: {', '.join(allowed)}"
+            raise DataError(one_line(f"{where}: unknown reader param '{key}'{hint} (fix the dataset's params table)"))
     return params
 
 

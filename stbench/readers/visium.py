@@ -36,7 +36,7 @@ MIN_MATCH_RATE = 0.9
 
 PARAMS = {
     "layout": '"per-slide" (default: folder/<slide>/) or "flat" (folder itself)',
-    "image": "full-resolution image: file name or glob in the slide folder, or an absolute path",
+    "image": "full-resolution image: file name or glob in the slide folder ({slide} = slide id), or an absolute path",
     "pixel_size_um": "um per full-resolution pixel (default: estimated from the spot pitch)",
     "min_match_rate": f"minimum fraction of count barcodes with a position (default {MIN_MATCH_RATE})",
     "check_bounds": "fail when spot centres lie outside the image (default true)",
@@ -75,7 +75,8 @@ class VisiumReader(SlideReader):
       and ``*features.tsv(.gz)`` (or ``genes.tsv``) from ``filtered_feature_bc_matrix/`` or the slide
       folder. Unfiltered matrices are fine: off-tissue barcodes are dropped. Count barcodes absent from
       the positions are counted and logged; below ``min_match_rate`` the read fails.
-    - image: params ``image``, else the single ``*.tif/*.tiff/*.btf/*.jpg/*.jpeg/*.png`` in the slide
+    - image: params ``image`` (a name or glob relative to the slide folder, or an absolute path; ``{slide}``
+      is replaced by the slide id), else the single ``*.tif/*.tiff/*.btf/*.jpg/*.jpeg/*.png`` in the slide
       folder that is not a Space Ranger image (``tissue_*_image.png`` etc.); ``image_scale = 1``. Without
       one, ``spatial/tissue_hires_image.png`` is used with ``image_scale = tissue_hires_scalef`` from
       ``scalefactors_json.json`` and a UserWarning (patches are then cut from the downsampled image).
@@ -92,6 +93,7 @@ class VisiumReader(SlideReader):
     def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
                    params: dict[str, Any] | None = None) -> Any:
         import anndata
+        import pandas as pd
         import scipy.sparse as sp
 
         folder = Path(folder)
@@ -110,13 +112,13 @@ class VisiumReader(SlideReader):
         where = f"visium slide '{slide}' ({slide_dir})"
         name_filter = slide if layout == "flat" else None
         spatial_dir = slide_dir / "spatial"
-        layout_hint = ("expected a Space Ranger output folder with spatial/tissue_positions(_list).csv and "
-                       "filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/")
-
-        pos_path = find_by_suffix([spatial_dir, slide_dir], POSITION_SUFFIXES, what="spot positions file",
-                                  where=f"{where} ({layout_hint})", name_filter=name_filter)
+        pos_path = find_by_suffix(
+            [spatial_dir, slide_dir], POSITION_SUFFIXES, what="spot positions file", where=where,
+            name_filter=name_filter,
+            expected="spatial/tissue_positions.csv (Space Ranger 2.x) or spatial/tissue_positions_list.csv (1.x) "
+                     "of a Space Ranger output folder (names may carry a GEO prefix and .gz)")
         positions, fmt = self._read_positions(pos_path, where)
-        counts, count_files = self._read_counts(slide_dir, where, layout_hint, name_filter)
+        counts, count_files = self._read_counts(slide_dir, where, name_filter)
         source_files = [str(pos_path), *map(str, count_files)]
 
         # ---- join: in-tissue positions x count barcodes
@@ -127,6 +129,11 @@ class VisiumReader(SlideReader):
         in_tissue = positions.index[positions["in_tissue"].to_numpy() == 1]
         off_tissue = positions.index[positions["in_tissue"].to_numpy() != 1]
         bc = counts.obs_names
+        if not bc.is_unique:
+            dups = bc[bc.duplicated()].unique()
+            raise DataError(one_line(f"{where}: barcode(s) {', '.join(map(str, dups[:3]))} appear more than once in "
+                                     f"{count_files[1] if len(count_files) > 1 else count_files[0]}; "
+                                     f"re-export the count matrix"))
         is_off = bc.isin(off_tissue)
         candidates = bc[~is_off]
         if is_off.any():
@@ -146,7 +153,7 @@ class VisiumReader(SlideReader):
         xy = np.column_stack([pos["pxl_col_in_fullres"].to_numpy(float), pos["pxl_row_in_fullres"].to_numpy(float)])
 
         # ---- image
-        image, scale, sf_path = self._find_image(slide_dir, extra_image_dirs, spatial_dir, params, where,
+        image, scale, sf_path = self._find_image(slide, slide_dir, extra_image_dirs, spatial_dir, params, where,
                                                  name_filter)
         if sf_path is not None:
             source_files.append(str(sf_path))
@@ -168,8 +175,6 @@ class VisiumReader(SlideReader):
             "slide": np.full(len(barcodes), slide, dtype=object),
             "patient": np.full(len(barcodes), patient or slide, dtype=object),
         }
-        import pandas as pd
-
         adata = anndata.AnnData(X=X, obs=pd.DataFrame(obs, index=pd.Index(barcodes.astype(str), name=None)),
                                 var=counts.var.copy())
         adata.obsm["spatial"] = xy
@@ -236,8 +241,9 @@ class VisiumReader(SlideReader):
             values = pd.to_numeric(out[col], errors="coerce")
             if values.isna().any():
                 bad = out.index[values.isna()][:3]
-                raise DataError(one_line(f"{where}: column {col} of {path} has non-numeric values (barcodes "
-                                         f"{', '.join(map(str, bad))}); expected columns {', '.join(POSITION_COLUMNS)}"))
+                raise DataError(one_line(
+                    f"{where}: column {col} of {path} has non-numeric values (barcodes {', '.join(map(str, bad))}); "
+                    f"expected columns {', '.join(POSITION_COLUMNS)}"))
             out[col] = values
         for col in POSITION_COLUMNS[1:4]:
             if not np.allclose(out[col], np.round(out[col])):
@@ -249,7 +255,7 @@ class VisiumReader(SlideReader):
                                      f"columns {', '.join(POSITION_COLUMNS)} in this order"))
         return out, fmt
 
-    def _read_counts(self, slide_dir: Path, where: str, layout_hint: str, name_filter: str | None):
+    def _read_counts(self, slide_dir: Path, where: str, name_filter: str | None):
         mtx_dir = slide_dir / "filtered_feature_bc_matrix"
         h5 = find_by_suffix([slide_dir], H5_SUFFIXES, what="count matrix (h5)", where=where, required=False,
                             name_filter=name_filter)
@@ -321,12 +327,13 @@ class VisiumReader(SlideReader):
         return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes.to_numpy())), var=var)
 
     @staticmethod
-    def _find_image(slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path, params: dict[str, Any],
-                    where: str, name_filter: str | None) -> tuple[Path, float, Path | None]:
+    def _find_image(slide: str, slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path,
+                    params: dict[str, Any], where: str, name_filter: str | None) -> tuple[Path, float, Path | None]:
         if "image" in params:
             pattern = params["image"]
             if not isinstance(pattern, str) or not pattern:
                 raise DataError(f"{where}: reader param image must be a file name or glob, got {pattern!r}")
+            pattern = pattern.replace("{slide}", slide)
             return glob_one(slide_dir, pattern, what="image", where=where), 1.0, None
         dirs = [slide_dir, *extra_dirs]
         found: list[Path] = []
@@ -353,6 +360,11 @@ class VisiumReader(SlideReader):
         hires = find_by_suffix([spatial_dir, slide_dir], HIRES_SUFFIXES, what="hires image", where=where,
                                required=False, name_filter=name_filter)
         if hires is None:
+            gz = find_by_suffix([spatial_dir, slide_dir], [s + ".gz" for s in HIRES_SUFFIXES], what="hires image",
+                                where=where, required=False, name_filter=name_filter)
+            if gz is not None:
+                raise DataError(one_line(f"{where}: no full-resolution image, and the hires image {gz} is gzipped; "
+                                         f"decompress it (gunzip -k) or put the full-resolution H&E in {slide_dir}"))
             raise DataError(one_line(
                 f"{where}: no image found; put the full-resolution H&E (*.tif, *.tiff, *.btf, *.jpg, *.png) in "
                 f"{slide_dir} or set params image; spatial/tissue_hires_image.png is missing too"))

@@ -1,0 +1,1 @@
+"""Shared neural-network machinery for the contrastive models."""

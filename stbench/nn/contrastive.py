@@ -1,0 +1,209 @@
+"""The contrastive engine shared by HECLIP, BLEEP and CLIP: encoder + heads, training, retrieval.
+
+A plugin subclasses :class:`ContrastiveModel`, sets its defaults in ``Options`` and chooses the loss
+(``heclip`` | ``bleep`` | ``clip``), whether expression goes through a spot head, and what the query
+images are matched against (``image``: reference image embeddings, HECLIP; ``spot``: reference spot
+embeddings, BLEEP and CLIP). Predictions average the matched reference spots' expression.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import numpy as np
+
+from ..model import Model
+from ..slide import SlidePatches
+
+
+@dataclass(frozen=True)
+class ContrastiveOptions:
+    encoder: str = "resnet50"
+    pretrained: bool = True
+    weights: Optional[str] = None
+    projection_dim: int = 256
+    spot_projection: bool = True
+    loss: Literal["heclip", "bleep", "clip"] = "bleep"
+    retrieval_key: Literal["image", "spot"] = "spot"
+    dropout: float = 0.1
+    temperature: float = 1.0
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    views: int = 1
+    augment: bool = True
+    val: Literal["spots", "slice"] = "spots"
+    val_fraction: float = 0.2
+    top_k: int = 50
+    aggregation: Literal["mean", "weighted", "top1"] = "mean"
+    input_px: Optional[int] = None
+    input_crop: Optional[int] = None
+    input_style: Literal["auto", "paper", "strict"] = "auto"
+    eval_augment: Optional[bool] = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "top_k", "projection_dim", "views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"option '{name}' must be >= 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("option 'val_fraction' must be in [0, 1)")
+
+
+def build_network(opts: ContrastiveOptions, n_genes: int) -> Any:
+    import torch
+    from torch import nn
+
+    from .encoder import create_encoder
+    from .heads import ProjectionHead
+
+    class ContrastiveNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = create_encoder(opts.encoder, opts.pretrained, opts.weights)
+            dim = opts.projection_dim if opts.spot_projection else n_genes
+            self.image_head = ProjectionHead(self.encoder.num_features, dim, opts.dropout)
+            self.spot_head = ProjectionHead(n_genes, dim, opts.dropout) if opts.spot_projection else nn.Identity()
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07))) if opts.loss == "clip" else None
+
+        def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+            return self.image_head(self.encoder(x))
+
+        def embed_spots(self, expression: torch.Tensor) -> torch.Tensor:
+            return self.spot_head(expression)
+
+    return ContrastiveNet()
+
+
+class ContrastiveModel(Model):
+    Options = ContrastiveOptions
+
+    # -- configuration -------------------------------------------------------------------------
+    @property
+    def input_style(self) -> str:
+        style = self.options.input_style
+        return ("paper" if self.protocol == "paper" else "strict") if style == "auto" else style
+
+    @property
+    def eval_augment(self) -> bool:
+        """Test-time augmentation: on under the paper's input handling (the published code never
+        switched its random flips off), off otherwise, unless set explicitly."""
+        ea = self.options.eval_augment
+        return self.input_style == "paper" if ea is None else ea
+
+    def resolved_options(self, n_genes: int) -> ContrastiveOptions:
+        return self.options
+
+    # -- training -------------------------------------------------------------------------------
+    def _loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
+        from .inputs import to_model_input
+        from .losses import bleep_loss, clip_loss, image_centric_loss
+
+        style, size = self.input_style, opts.input_px
+
+        def loss_of(images: Any, expression: Any) -> Any:
+            img = net.embed_images(self._prep(to_model_input(images, style, size, opts.input_crop)))
+            spot = net.embed_spots(expression)
+            if opts.loss == "heclip":
+                return image_centric_loss(img.float(), spot.float(), opts.temperature)
+            if opts.loss == "bleep":
+                return bleep_loss(img.float(), spot.float(), opts.temperature)
+            return clip_loss(img.float(), spot.float(), net.logit_scale)
+
+        return loss_of
+
+    def _prep(self, x: Any) -> Any:
+        import torch
+
+        return x.contiguous(memory_format=torch.channels_last) if self.device.startswith("cuda") else x
+
+    def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
+        import torch
+
+        from ..loader import PatchDataset
+        from .trainer import fit, reference_split, seed_everything
+
+        self.genes = list(genes)
+        opts = self.resolved_options(len(genes))
+        self.opts = opts
+        seed_everything(self.seed)
+        net = build_network(opts, len(genes)).to(self.device)
+        if self.device.startswith("cuda"):
+            net = net.to(memory_format=torch.channels_last)
+        train_rows, val_rows = reference_split(train, opts.val, opts.val_fraction, self.seed)
+        repeated = np.concatenate([train_rows] * opts.views)
+        train_ds = PatchDataset(train, augment=opts.augment, seed=self.seed, rows=repeated)
+        val_ds = PatchDataset(train, augment=self.eval_augment and opts.augment, seed=self.seed + 1, rows=val_rows)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.history = fit(net, self._loss_fn(net, opts), optimizer, train_ds, val_ds if len(val_rows) else None,
+                           epochs=opts.epochs, batch_size=opts.batch_size, device=self.device, seed=self.seed,
+                           workers=opts.workers, workdir=self.workdir, progress=self._progress)
+        self.net = net
+        self._index_reference(train)
+
+    # -- retrieval ------------------------------------------------------------------------------
+    def embed_images(self, slide: SlidePatches, salt: int = 0) -> np.ndarray:
+        import torch
+
+        from ..loader import PatchDataset, make_loader
+        from .inputs import to_model_input
+        from .trainer import autocast
+
+        ds = PatchDataset([slide], augment=self.eval_augment, seed=self.seed + 7 + salt)
+        out = []
+        self.net.eval()
+        with torch.no_grad():
+            for images, _, _ in make_loader(ds, max(self.opts.batch_size, 64), shuffle=False, workers=self.opts.workers):
+                x = self._prep(to_model_input(images.to(self.device), self.input_style, self.opts.input_px, self.opts.input_crop))
+                with autocast(self.device):
+                    out.append(self.net.embed_images(x).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+
+    def embed_spots(self, expression: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad():
+            return self.net.embed_spots(torch.as_tensor(expression, dtype=torch.float32, device=self.device)).float().cpu().numpy()
+
+    def _index_reference(self, train: Sequence[SlidePatches]) -> None:
+        self.ref_values = np.concatenate([np.asarray(s.expression, dtype=np.float32) for s in train])
+        if self.opts.retrieval_key == "image":
+            self.ref_emb = np.concatenate([self.embed_images(s, salt=i) for i, s in enumerate(train)])
+        else:
+            self.ref_emb = self.embed_spots(self.ref_values)
+
+    def predict(self, slide: SlidePatches) -> np.ndarray:
+        from .retrieval import predict_by_retrieval
+
+        query = self.embed_images(slide, salt=10_000)
+        return np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
+                                               method=self.opts.aggregation), dtype=np.float32)
+
+    def fold_extra(self) -> dict[str, Any]:
+        return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        import torch
+
+        from ..options import options_dict
+        from .trainer import save_checkpoint
+
+        config = {"model": self.name, "options": options_dict(self.opts), "genes": self.genes,
+                  "protocol": self.protocol, "seed": self.seed}
+        save_checkpoint(self.net, Path(path), config,
+                        {"ref_emb": torch.from_numpy(self.ref_emb), "ref_values": torch.from_numpy(self.ref_values)})
+
+    def load(self, path: str | Path) -> None:
+        from .trainer import load_checkpoint
+
+        state, extra, config = load_checkpoint(Path(path))
+        self.genes = config["genes"]
+        self.opts = type(self).Options(**{**config["options"], "pretrained": False, "weights": None})
+        self.net = build_network(self.opts, len(self.genes)).to(self.device)
+        self.net.load_state_dict(state)
+        self.ref_emb, self.ref_values = extra["ref_emb"].numpy(), extra["ref_values"].numpy()

@@ -1,0 +1,377 @@
+"""Top-K cosine retrieval and expression aggregation for the contrastive models (HECLIP, BLEEP, CLIP).
+
+A query spot's expression is predicted by finding the ``k`` reference embeddings most similar to
+the query's embedding (cosine similarity = dot product of L2-normalised rows) and aggregating those
+references' expression rows.
+
+Memory. The dense query x reference similarity matrix is never built (20,000 x 100,000 float32 is
+8 GB). :func:`topk_cosine` walks the matrix in blocks of ``chunk_size`` queries x
+``ref_chunk_size`` references (reference chunks outside, query chunks inside): each block is
+computed with one matrix product into a reused buffer, reduced to its best ``k`` candidates per
+query and merged into those queries' running top-k. Rows are normalised chunk by chunk as well, so
+the extra memory is O(chunk_size x ref_chunk_size + (chunk_size + ref_chunk_size) x D + Nq x k),
+independent of Nq x Nr. By default the block is about :data:`BLOCK_BYTES` (64 MB).
+
+Ordering and ties. Results are sorted by score descending; equal scores are ordered by reference
+index ascending, and when several references tie for the last place the lower indices are kept.
+The rule is exact and deterministic, independent of the chunk sizes (``torch.topk`` alone is not
+stable): each block's ``k + 1`` best values are found with ``torch.topk``; where the ``k``-th and
+``k+1``-th values are equal (a tie at the cut) that row is re-selected exactly with a composite
+int64 key (score bits, then ``2**32 - 1 - index``); candidates are kept and merged across
+reference chunks as such keys, which never tie, and sorted once at the end. ``-0.0`` is treated
+as ``0.0``.
+
+Conventions. Rows with zero norm normalise to all-zero rows: their cosine with everything is 0
+(a zero query therefore retrieves references ``0 .. k-1``, all with score 0). ``k`` larger than
+the number of references is clamped to it. Non-finite embeddings, mismatched dimensions and an
+empty reference raise :class:`~stbench.errors.DataError`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stbench.errors import DataError, unknown
+
+__all__ = [
+    "topk_cosine",
+    "aggregate",
+    "predict_by_retrieval",
+    "default_chunk_sizes",
+    "AGGREGATIONS",
+    "BLOCK_BYTES",
+]
+
+#: Memory budget (bytes) for one similarity block / one aggregation block when chunk sizes are
+#: not given.
+BLOCK_BYTES = 64 * 2**20
+#: Default width of a reference chunk (the query chunk is then BLOCK_BYTES / 4 / this).
+DEFAULT_REF_CHUNK = 32768
+#: Aggregation methods understood by :func:`aggregate`.
+AGGREGATIONS = ("mean", "top1", "weighted")
+
+_LOW32 = (1 << 32) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
+def _resolve_device(device: Any, *arrays: Any):
+    torch = _torch()
+    if device is not None:
+        return torch.device(device)
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
+
+
+def _check_2d(x: Any, name: str) -> Any:
+    """Return ``x`` as a 2-D numpy array or tensor without copying."""
+    torch = _torch()
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name} is not a numeric array ({exc}); pass a float array") from None
+    if x.ndim != 2:
+        raise DataError(f"{name} must be 2-D (n_rows, dim), got {x.ndim}-D shape {tuple(x.shape)}")
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "fiub":
+        raise DataError(f"{name} has dtype {x.dtype}; pass a float array")
+    return x
+
+
+def _rows(x: Any, start: int, stop: int, device) -> Any:
+    """Rows ``start:stop`` of ``x`` as a float32 tensor on ``device`` (no copy when already so)."""
+    torch = _torch()
+    part = x[start:stop]
+    if isinstance(part, np.ndarray):
+        part = torch.from_numpy(np.ascontiguousarray(part))
+    return part.to(device=device, dtype=torch.float32)
+
+
+def _inverse_norms(x: Any, name: str, device, chunk: int) -> Any:
+    """1 / ||row|| for every row (0 for zero rows), computed chunk by chunk; checks finiteness."""
+    torch = _torch()
+    n = x.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    for s in range(0, n, chunk):
+        out[s:s + chunk] = torch.linalg.vector_norm(_rows(x, s, s + chunk, device), dim=1)
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise DataError(f"{name} has {bad} row(s) with NaN/inf values (or a norm that overflows float32); "
+                        "clean the embeddings before retrieval")
+    return torch.where(out > 0, 1.0 / out, torch.zeros_like(out))
+
+
+def default_chunk_sizes(n_query: int, n_ref: int, chunk_size: int | None = None,
+                        ref_chunk_size: int | None = None, *, block_bytes: int = BLOCK_BYTES) -> tuple[int, int]:
+    """The (query, reference) chunk sizes used by :func:`topk_cosine`.
+
+    Unset sizes are derived so that one float32 similarity block is about ``block_bytes``:
+    references in chunks of :data:`DEFAULT_REF_CHUNK` (or all of them when fewer), queries in
+    chunks of ``block_bytes / 4 / ref_chunk_size``. Sizes are clamped to ``[1, n]``.
+    """
+    elems = max(1, block_bytes // 4)
+    for name, v in (("chunk_size", chunk_size), ("ref_chunk_size", ref_chunk_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise DataError(f"{name} must be a positive integer, got {v!r}")
+    if ref_chunk_size is None:
+        ref_chunk_size = DEFAULT_REF_CHUNK if chunk_size is None else max(1, elems // int(chunk_size))
+    ref_chunk_size = max(1, min(int(ref_chunk_size), max(n_ref, 1)))
+    if chunk_size is None:
+        chunk_size = max(1, elems // ref_chunk_size)
+    chunk_size = max(1, min(int(chunk_size), max(n_query, 1)))
+    return chunk_size, ref_chunk_size
+
+
+# ----------------------------------------------------------------------------------------------
+# exact top-k with the (score desc, index asc) order
+# ----------------------------------------------------------------------------------------------
+def _order_key(scores, idx):
+    """int64 key, strictly monotone in (score, -index): larger key = better. ``idx`` < 2**32.
+
+    High 32 bits: the float32 score's bits made order-preserving as a signed int; low 32 bits:
+    ``2**32 - 1 - idx``. Keys of distinct (score, index) pairs never tie, so ``torch.topk`` on
+    keys is deterministic.
+    """
+    torch = _torch()
+    bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 maps -0.0 to +0.0
+    # IEEE floats compare like sign-magnitude ints; flip the magnitude bits of negatives.
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return bits.mul_(1 << 32).add_(_LOW32 - idx)
+
+
+def _decode_key(key):
+    """Inverse of :func:`_order_key`: (float32 scores, int64 indices)."""
+    torch = _torch()
+    idx = _LOW32 - (key & _LOW32)
+    bits = key >> 32
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int32)
+    return bits.view(torch.float32), idx
+
+
+def _block_keys(block, offset: int, k: int):
+    """Keys of the exact top-``k`` (score desc, index asc) of each row of a similarity block.
+
+    ``offset`` is the global index of the block's first column. Returns (rows, min(k, width))
+    int64 keys, unordered.
+    """
+    torch = _torch()
+    rows, width = block.shape
+    local = torch.arange(offset, offset + width, device=block.device)
+    if width <= k:
+        return _order_key(block, local.expand(rows, width))
+    # The k+1 best values are exact; when the k-th and (k+1)-th differ the top-k set is unique.
+    vals, pos = torch.topk(block, k + 1, dim=1, largest=True, sorted=True)
+    keys = _order_key(vals[:, :k], pos[:, :k] + offset)
+    tie = vals[:, k - 1] == vals[:, k]
+    if bool(tie.any()):
+        # several elements share the last place: re-select those rows by key (lower index wins),
+        # in groups so the int64 key temporaries stay about the size of the float block
+        tie_rows = tie.nonzero().squeeze(1)
+        step = max(1, rows // 4)
+        for s in range(0, tie_rows.numel(), step):
+            r = tie_rows[s:s + step]
+            sub = _order_key(block.index_select(0, r), local.expand(r.numel(), width))
+            keys[r] = torch.topk(sub, k, dim=1, largest=True, sorted=False).values
+    return keys
+
+
+def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | None = None,
+                ref_chunk_size: int | None = None, device: Any = None):
+    """Top-``k`` references by cosine similarity for every query row, without the dense matrix.
+
+    Parameters
+    ----------
+    query, reference:
+        Float arrays or tensors of shape (Nq, D) and (Nr, D). Any float/int dtype; computed in
+        float32. Rows with zero norm are treated as all-zero normalised rows (cosine 0 with all).
+    k:
+        Neighbours per query; clamped to Nr when larger.
+    chunk_size, ref_chunk_size:
+        Queries / references per block. Unset sizes follow :func:`default_chunk_sizes` (one block
+        of about 64 MB float32). Peak extra memory is O(chunk_size x ref_chunk_size + Nq x k).
+    device:
+        Where to compute (e.g. ``"cuda"``); default: the device of ``query`` or ``reference`` when
+        it is a tensor, else CPU. Rows are moved to the device one chunk at a time.
+
+    Returns
+    -------
+    (scores, indices):
+        torch tensors on ``device`` of shape (Nq, k): float32 cosine scores and int64 reference
+        indices, each row sorted by score descending, equal scores by index ascending (the lower
+        index wins a tie for the last place). The result does not depend on the chunk sizes.
+    """
+    torch = _torch()
+    query = _check_2d(query, "query embeddings")
+    reference = _check_2d(reference, "reference embeddings")
+    nq, d = query.shape
+    nr, dr = reference.shape
+    if d != dr:
+        raise DataError(f"query and reference embeddings differ in dimension: {d} vs {dr}; "
+                        "embed both with the same model")
+    if nr == 0:
+        raise DataError("reference embeddings are empty (0 rows); retrieval needs at least one reference")
+    if nr >= 1 << 32:
+        raise DataError(f"too many references ({nr}); at most 2**32 - 1 are supported")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"retrieval k must be a positive integer, got {k!r}")
+    k = min(int(k), nr)
+    dev = _resolve_device(device, query, reference)
+    cq, cr = default_chunk_sizes(nq, nr, chunk_size, ref_chunk_size)
+
+    inv_q = _inverse_norms(query, "query embeddings", dev, cq)
+    inv_r = _inverse_norms(reference, "reference embeddings", dev, cr)
+    # running top-k of every query as int64 keys (see _order_key); the sentinel is below any key
+    best = torch.full((nq, k), torch.iinfo(torch.int64).min, dtype=torch.int64, device=dev)
+    # one flat buffer for the similarity block, reused (a narrower last chunk takes a contiguous
+    # prefix of it), so no block-sized allocation is repeated
+    buffer = torch.empty(cq * cr, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        # references outside, queries inside: each reference chunk is normalised once
+        for rs in range(0, nr, cr):
+            re_ = min(rs + cr, nr)
+            rn_t = (_rows(reference, rs, re_, dev) * inv_r[rs:re_, None]).T
+            for qs in range(0, nq, cq):
+                qe = min(qs + cq, nq)
+                qn = _rows(query, qs, qe, dev) * inv_q[qs:qe, None]
+                sim = buffer[: (qe - qs) * (re_ - rs)].view(qe - qs, re_ - rs)
+                torch.mm(qn, rn_t, out=sim)  # the only similarity block: (chunk_size, ref_chunk_size)
+                cand = _block_keys(sim, rs, k)
+                merged = torch.cat([best[qs:qe], cand], dim=1)
+                best[qs:qe] = torch.topk(merged, k, dim=1, largest=True, sorted=False).values
+            del rn_t
+        best = torch.sort(best, dim=1, descending=True).values  # keys are distinct: deterministic
+        out_scores, out_idx = _decode_key(best)
+    return out_scores, out_idx
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregation
+# ----------------------------------------------------------------------------------------------
+def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "mean", *,
+              query_emb: Any = None, reference_emb: Any = None, chunk_size: int | None = None):
+    """Aggregate the matched references' values into one prediction per query.
+
+    ``indices`` (Nq x K, int) and ``scores`` (Nq x K) come from :func:`topk_cosine` (rows sorted
+    best first); ``scores`` is only checked for shape, none of the methods weights by cosine.
+    ``reference_values`` is (Nr x G).
+
+    Methods:
+
+    * ``mean``: uniform mean of the K matched rows.
+    * ``top1``: the first (best) match's row.
+    * ``weighted``: BLEEP's weighted average. With ``d_j = ||k_j - q||^2`` on the *unnormalised*
+      embeddings (``query_emb`` and ``reference_emb`` required) and ``a`` the ``d`` of the top-1
+      match, ``w_j = exp(-(d_j - a + 1))`` and the prediction is ``sum_j w_j v_j / sum_j w_j``.
+      The normalised weights equal ``softmax(-d)``, which is how they are computed (in float64):
+      the same values, without BLEEP's overflow when some ``d_j`` is far below ``a``.
+
+    Computed in query chunks (about :data:`BLOCK_BYTES` per chunk, or ``chunk_size`` queries) and
+    accumulated match by match, so no (Nq x K x G) array is built. Runs on the device of
+    ``reference_values``; returns a numpy array when ``reference_values`` is numpy, else a tensor,
+    of shape (Nq x G) and dtype float64 for float64 values, float32 otherwise.
+    """
+    torch = _torch()
+    if method not in AGGREGATIONS:
+        raise unknown("aggregation method", str(method), AGGREGATIONS)
+    values = _check_2d(reference_values, "reference values")
+    as_numpy = isinstance(values, np.ndarray)
+    vals = torch.from_numpy(np.ascontiguousarray(values)) if as_numpy else values
+    if not vals.is_floating_point():
+        vals = vals.to(torch.float32)
+    elif vals.dtype not in (torch.float32, torch.float64):
+        vals = vals.to(torch.float32)
+    dev = vals.device
+    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+    if idx.ndim != 2:
+        raise DataError(f"indices must be 2-D (n_query, k), got shape {tuple(idx.shape)}")
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise DataError(f"indices must be integers, got {idx.dtype}")
+    idx = idx.to(device=dev, dtype=torch.int64)
+    nq, kk = idx.shape
+    nr, g = vals.shape
+    if scores is not None and tuple(scores.shape) != (nq, kk):
+        raise DataError(f"scores shape {tuple(scores.shape)} differs from indices shape {(nq, kk)}")
+    if nq and kk == 0:
+        raise DataError("indices have no matches per query (k = 0); nothing to aggregate")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= nr):
+        raise DataError(f"indices out of range for {nr} reference rows "
+                        f"(min {int(idx.min())}, max {int(idx.max())}); pass the matching reference values")
+
+    q_emb = r_emb = None
+    if method == "weighted":
+        if query_emb is None or reference_emb is None:
+            raise DataError("method 'weighted' needs query_emb and reference_emb (unnormalised embeddings)")
+        q_emb = _check_2d(query_emb, "query embeddings")
+        r_emb = _check_2d(reference_emb, "reference embeddings")
+        if q_emb.shape[0] != nq or r_emb.shape[0] != nr or q_emb.shape[1] != r_emb.shape[1]:
+            raise DataError(f"weighted aggregation: query_emb {tuple(q_emb.shape)} / reference_emb "
+                            f"{tuple(r_emb.shape)} do not match indices ({nq} queries) and values ({nr} references)")
+        r_emb = torch.as_tensor(r_emb).to(device=dev)
+
+    out = torch.empty((nq, g), dtype=vals.dtype, device=dev)
+    if chunk_size is None:
+        per_query = max(g, kk * (q_emb.shape[1] if q_emb is not None else 1)) * 8
+        chunk_size = max(1, BLOCK_BYTES // per_query)
+    with torch.no_grad():
+        for s in range(0, nq, chunk_size):
+            e = min(s + chunk_size, nq)
+            ii = idx[s:e]
+            if method == "top1":
+                out[s:e] = vals.index_select(0, ii[:, 0])
+                continue
+            if method == "mean":
+                acc = vals.index_select(0, ii[:, 0]).clone()
+                for j in range(1, kk):
+                    acc.add_(vals.index_select(0, ii[:, j]))
+                out[s:e] = acc.div_(kk)
+                continue
+            # weighted (BLEEP)
+            q = torch.as_tensor(np.ascontiguousarray(q_emb[s:e]) if isinstance(q_emb, np.ndarray) else q_emb[s:e])
+            q = q.to(device=dev, dtype=torch.float64)
+            keys = r_emb.index_select(0, ii.reshape(-1)).to(torch.float64).reshape(e - s, kk, -1)
+            dist = (keys - q[:, None, :]).square_().sum(dim=2)  # (chunk, K), unnormalised
+            w = torch.softmax(-dist, dim=1)  # == exp(-(d - a + 1)) / sum(...)
+            acc = torch.zeros((e - s, g), dtype=torch.float64, device=dev)
+            for j in range(kk):
+                acc.addcmul_(vals.index_select(0, ii[:, j]).to(torch.float64), w[:, j:j + 1])
+            out[s:e] = acc.to(vals.dtype)
+    return out.cpu().numpy() if as_numpy else out
+
+
+def predict_by_retrieval(query_emb: Any, reference_emb: Any, reference_values: Any, k: int = 50,
+                         method: str = "mean", chunk_size: int | None = None, *,
+                         ref_chunk_size: int | None = None, device: Any = None) -> np.ndarray:
+    """Predict (Nq x G) float32 expression for the queries: top-``k`` cosine retrieval + aggregation.
+
+    ``query_emb`` (Nq x D) and ``reference_emb`` (Nr x D) are the unnormalised embeddings,
+    ``reference_values`` (Nr x G) the references' expression; ``method`` is one of
+    :data:`AGGREGATIONS`. See :func:`topk_cosine` (chunking, tie rule, ``k`` clamped to Nr) and
+    :func:`aggregate`.
+    """
+    if method not in AGGREGATIONS:
+        raise unknown("aggregation method", str(method), AGGREGATIONS)
+    values = _check_2d(reference_values, "reference values")
+    ref = _check_2d(reference_emb, "reference embeddings")
+    if values.shape[0] != ref.shape[0]:
+        raise DataError(f"reference values have {values.shape[0]} rows but reference embeddings have "
+                        f"{ref.shape[0]}; pass one expression row per reference embedding")
+    scores, indices = topk_cosine(query_emb, ref, k, chunk_size=chunk_size,
+                                  ref_chunk_size=ref_chunk_size, device=device)
+    if not isinstance(values, np.ndarray):
+        values = values.detach()
+    else:
+        indices, scores = indices.cpu(), scores.cpu()
+    pred = aggregate(indices, scores, values, method, query_emb=query_emb, reference_emb=ref)
+    if not isinstance(pred, np.ndarray):
+        pred = pred.detach().cpu().numpy()
+    return np.ascontiguousarray(pred, dtype=np.float32)

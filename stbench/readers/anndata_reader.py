@@ -1,0 +1,185 @@
+"""Reader for slides already stored as AnnData files (``<slide>.h5ad``)."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import DataError
+from .base import SlideReader
+from .checks import (bool_param, check_in_image, check_params, check_slide_adata, image_size, one_line,
+                     positive_float_param, unique_gene_symbols)
+
+log = logging.getLogger("stbench")
+
+PARAMS = {
+    "image": "image path relative to the data folder (or absolute); default uns['stbench']['image_path']",
+    "image_scale": "factor from obsm['spatial'] pixels to image pixels (default uns value or 1.0)",
+    "pixel_size_um": "um per full-resolution pixel (default uns['stbench']['pixel_size_um'] or unknown)",
+    "layer": "take raw counts from this layer instead of X",
+    "check_bounds": "fail when spot centres lie outside the image (default true)",
+}
+
+
+def grid_index(values: np.ndarray, tol: float) -> np.ndarray:
+    """Dense rank of ``values`` after merging values closer than ``tol`` (consecutive, sorted) into one level."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    steps = np.diff(values[order]) > tol
+    levels = np.concatenate([[0], np.cumsum(steps)])
+    out = np.empty(len(values), dtype=np.int64)
+    out[order] = levels
+    return out
+
+
+def grid_from_coordinates(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(array_row, array_col) for spots without grid indices: ranks of y and x coordinate levels.
+
+    Coordinates within a quarter of the median nearest-neighbour distance count as one level, so a
+    regular (square or hex) lattice gets consecutive row/column numbers; on a rotated or irregular layout
+    they are only an ordering, not grid indices.
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=float)
+    if len(xy) < 2:
+        return np.zeros(len(xy), np.int64), np.zeros(len(xy), np.int64)
+    dist, _ = cKDTree(xy).query(xy, k=2)
+    nn = dist[:, 1]
+    nn = nn[nn > 0]
+    tol = 0.25 * float(np.median(nn)) if len(nn) else 0.0
+    return grid_index(xy[:, 1], tol), grid_index(xy[:, 0], tol)
+
+
+class AnnDataReader(SlideReader):
+    """Slides stored as ``folder/<slide>.h5ad`` (e.g. exported from scanpy/squidpy or another pipeline).
+
+    The file must hold raw counts in ``X`` (or in the layer named by params ``layer``) and full-resolution
+    spot centres as (x, y) = (column, row) in ``obsm['spatial']``. The image is params ``image`` or
+    ``uns['stbench']['image_path']`` (relative paths are resolved against ``folder``; the file must exist).
+    ``image_scale`` and ``pixel_size_um`` come from params, else from ``uns['stbench']``, else 1.0 and
+    None (unknown).
+
+    ``obs['slide']`` is set to the slide id; ``obs['patient']`` to the ``patient`` argument, else the file's
+    ``obs['patient']``, else the slide id. ``array_row``/``array_col`` are taken from ``obs`` when both are
+    present (they must be integral); otherwise they are the dense ranks of the y and x coordinate levels
+    (coordinates closer than a quarter of the median nearest-neighbour distance share a level; see
+    :func:`grid_from_coordinates`): grid indices on an axis-aligned lattice, only an ordering otherwise.
+    Duplicated gene symbols are made unique (``SYMBOL-1``) with a warning; duplicated spot names fail.
+    Only ``X``, ``obs``, ``var`` and ``obsm['spatial']`` are kept (other layers, obsm and uns are dropped).
+
+    Params: ``image``, ``image_scale``, ``pixel_size_um``, ``layer``, ``check_bounds`` (true).
+    """
+
+    name: ClassVar[str] = "anndata"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = "slides stored as <slide>.h5ad with obsm['spatial'] and an image path"
+
+    def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
+                   params: dict[str, Any] | None = None) -> Any:
+        import anndata
+        import pandas as pd
+        import scipy.sparse as sp
+
+        folder = Path(folder)
+        path = folder / f"{slide}.h5ad"
+        where = f"anndata slide '{slide}' ({path})"
+        params = check_params(params, PARAMS, where)
+        if not path.is_file():
+            raise DataError(f"{where}: file {path} does not exist; save the slide as <slide>.h5ad in {folder}")
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*names are not unique.*")  # handled below
+                src = anndata.read_h5ad(path)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(one_line(f"{where}: cannot read {path} ({type(e).__name__}: {e}); "
+                                     f"re-export it with AnnData.write_h5ad")) from None
+        meta_in = src.uns.get("stbench", {})
+        meta_in = dict(meta_in) if isinstance(meta_in, dict) else {}
+
+        # ---- counts
+        layer = params.get("layer")
+        if layer is not None:
+            if layer not in src.layers:
+                raise DataError(one_line(f"{where}: reader param layer '{layer}' is not a layer of the file "
+                                         f"(layers: {', '.join(src.layers) or 'none'})"))
+            X = src.layers[layer]
+        else:
+            X = src.X
+        if X is None:
+            raise DataError(f"{where}: the file has no X; store raw counts in X or set params layer")
+        X = X.tocsr().astype(np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
+
+        # ---- coordinates
+        if "spatial" not in src.obsm:
+            raise DataError(f"{where}: obsm['spatial'] is missing; store full-resolution (x, y) spot centres there")
+        xy = src.obsm["spatial"]
+        xy = np.asarray(xy.to_numpy() if isinstance(xy, pd.DataFrame) else xy, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise DataError(f"{where}: obsm['spatial'] has shape {xy.shape}, expected (n_spots, 2) = (x, y)")
+
+        obs = src.obs.copy()
+        if not obs.index.is_unique:
+            raise DataError(one_line(f"{where}: spot names (obs_names) are not unique; make them unique before "
+                                     f"saving (e.g. AnnData.obs_names_make_unique)"))
+        obs.index = obs.index.astype(str)
+        if "array_row" in obs and "array_col" in obs:
+            for col in ("array_row", "array_col"):
+                v = pd.to_numeric(obs[col], errors="coerce").to_numpy(dtype=float)
+                if not np.isfinite(v).all() or not np.allclose(v, np.round(v)):
+                    raise DataError(one_line(f"{where}: obs['{col}'] is not integral; fix it or drop both "
+                                             f"array_row and array_col to derive them from the coordinates"))
+                obs[col] = np.round(v).astype(np.int64)
+            grid = "obs"
+        else:
+            obs["array_row"], obs["array_col"] = grid_from_coordinates(xy) if np.isfinite(xy).all() else (
+                np.zeros(len(xy), np.int64), np.zeros(len(xy), np.int64))
+            grid = "coordinate ranks"
+        obs["slide"] = pd.Series(slide, index=obs.index, dtype=object)
+        if patient:
+            obs["patient"] = pd.Series(patient, index=obs.index, dtype=object)
+        elif "patient" in obs and obs["patient"].notna().all():
+            obs["patient"] = obs["patient"].astype(str).astype(object)
+        else:
+            obs["patient"] = pd.Series(slide, index=obs.index, dtype=object)
+        var = src.var.copy()
+        var.index = pd.Index(unique_gene_symbols(var.index, where))
+
+        # ---- image, scale, pixel size
+        image_ref = params.get("image", meta_in.get("image_path"))
+        if not isinstance(image_ref, str) or not image_ref:
+            raise DataError(f"{where}: no image path; set params image (relative to {folder}) or "
+                            f"uns['stbench']['image_path'] in the file")
+        image = Path(image_ref) if Path(image_ref).is_absolute() else folder / image_ref
+        if not image.is_file():
+            raise DataError(f"{where}: image {image} does not exist; fix params image or uns['stbench']['image_path']")
+        scale = params.get("image_scale", meta_in.get("image_scale", 1.0))
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not (
+                np.isfinite(scale) and scale > 0):
+            raise DataError(f"{where}: image_scale must be a positive number, got {scale!r}")
+        pixel_size = positive_float_param(params, "pixel_size_um", where)
+        if pixel_size is None:
+            pixel_size = positive_float_param({"pixel_size_um": meta_in.get("pixel_size_um")}, "pixel_size_um",
+                                              f"{where}: uns['stbench']")
+        if bool_param(params, "check_bounds", True, where) and np.isfinite(xy).all():
+            check_in_image(xy, float(scale), image_size(image, where), image, where)
+
+        adata = anndata.AnnData(X=X, obs=obs, var=var)
+        adata.obsm["spatial"] = xy
+        adata.uns["stbench"] = {
+            "image_path": str(image),
+            "image_scale": float(scale),
+            "pixel_size_um": pixel_size,
+            "reader": self.name,
+            "reader_version": self.version,
+            "source_files": [str(path)],
+            "n_zero_count_spots": int((np.asarray(X.sum(axis=1)).ravel() == 0).sum()),
+        }
+        check_slide_adata(adata, where)
+        log.info("%s: read %d spots x %d genes (grid from %s; image %s, scale %.6g; %s um/px)", where,
+                 adata.n_obs, adata.n_vars, grid, image.name, float(scale),
+                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
+        return adata

@@ -1,0 +1,279 @@
+"""Reader for legacy Spatial Transcriptomics (ST) slides in the her2st layout (Andersson et al. 2021)."""
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import DataError
+from .base import SlideReader
+from .checks import (bool_param, check_in_image, check_params, check_slide_adata, estimate_pixel_size, glob_one,
+                     image_size, match_rate_check, matches_any, one_line, positive_float_param,
+                     unique_gene_symbols)
+
+log = logging.getLogger("stbench")
+
+SPOT_ID = re.compile(r"^\s*(-?\d+)x(-?\d+)\s*$")
+IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.btf")
+SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
+MIN_MATCH_RATE = 0.9
+LAYOUT = "ST-cnts/<S>.tsv.gz, ST-spotfiles/<S>_selection.tsv and ST-imgs/<P>/<S>/<image>.jpg"
+
+PARAMS = {
+    "image": "image file name or glob in ST-imgs/<P>/<S>/ (default: the single image there)",
+    "pixel_size_um": "um per image pixel (default: estimated from the 200 um spot pitch)",
+    "min_match_rate": f"minimum fraction of count rows with a spot-file row (default {MIN_MATCH_RATE})",
+    "check_bounds": "fail when spot centres lie outside the image (default true)",
+}
+
+
+class STLegacyReader(SlideReader):
+    """Legacy ST in the her2st layout (the ``data/`` folder of github.com/almaan/her2st).
+
+    Under ``folder`` (or ``folder/data`` when only that holds ``ST-cnts``), slide ``S`` of patient ``P``:
+
+    - ``ST-cnts/<S>.tsv.gz`` (or ``.tsv``): spots x genes, tab-separated, first header cell empty, rows
+      named ``"{x}x{y}"`` (array grid x, y); raw counts. ``.tsv.gz`` wins when both exist.
+    - ``ST-spotfiles/<S>_selection.tsv`` (or ``.tsv.gz``): columns ``x y new_x new_y pixel_x pixel_y
+      selected``; ``pixel_x`` is the image column. Rows with ``selected != 1`` are dropped.
+    - ``ST-imgs/<P>/<S>/``: exactly one image (JPEG in her2st); ``P`` is the ``patient`` argument or the
+      first letter of the slide id (any single ``ST-imgs/*/<S>/`` folder is accepted too).
+
+    Count rows are inner-joined to spot-file rows on rounded ``(x, y)``; count rows without a spot row are
+    logged and, below ``min_match_rate``, fail the read. Result: barcodes ``"{x}x{y}"``, ``array_col = x``,
+    ``array_row = y``, ``obsm['spatial'] = (pixel_x, pixel_y)``, ``image_scale = 1``, ``patient`` = the
+    ``patient`` argument or the slide id's first letter. Duplicated gene symbols are made unique
+    (``SYMBOL-1``) with a warning; zero-count spots are kept (``uns['stbench']['n_zero_count_spots']``).
+
+    Params: ``image``, ``pixel_size_um`` (else estimated: neighbours one ``x`` apart on the same ``y`` are
+    200 um apart; about 0.69 um/px for her2st B-H, 0.92 for A), ``min_match_rate`` (0.9), ``check_bounds``
+    (true: spot centres must lie inside the image).
+    """
+
+    name: ClassVar[str] = "st-legacy"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = "legacy Spatial Transcriptomics, her2st layout (ST-cnts, ST-spotfiles, ST-imgs)"
+
+    def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
+                   params: dict[str, Any] | None = None) -> Any:
+        import anndata
+        import pandas as pd
+        import scipy.sparse as sp
+
+        folder = Path(folder)
+        where = f"st-legacy slide '{slide}' ({folder})"
+        params = check_params(params, PARAMS, where)
+        pixel_size = positive_float_param(params, "pixel_size_um", where)
+        check_bounds = bool_param(params, "check_bounds", True, where)
+        min_rate = params.get("min_match_rate", MIN_MATCH_RATE)
+        if isinstance(min_rate, bool) or not isinstance(min_rate, (int, float)) or not 0 <= min_rate <= 1:
+            raise DataError(f"{where}: reader param min_match_rate must be a number in [0, 1], got {min_rate!r}")
+        if not (folder / "ST-cnts").is_dir() and (folder / "data" / "ST-cnts").is_dir():
+            folder = folder / "data"
+        patient_id = patient or slide[:1]
+
+        cnt_path = self._pick(folder / "ST-cnts", [f"{slide}.tsv.gz", f"{slide}.tsv"], "count file", where)
+        spot_path = self._pick(folder / "ST-spotfiles", [f"{slide}_selection.tsv", f"{slide}_selection.tsv.gz"],
+                               "spot file", where)
+        image = self._find_image(folder, slide, patient, params, where)
+
+        genes, spot_ids, X = self._read_counts(cnt_path, where)
+        spots = self._read_spots(spot_path, where)
+
+        # ---- parse "{x}x{y}" row names and inner-join on (x, y)
+        parsed = spot_ids.str.extract(SPOT_ID)
+        bad = parsed[0].isna().to_numpy()
+        if bad.any():
+            raise DataError(one_line(
+                f"{where}: {int(bad.sum())} row name(s) of {cnt_path} are not of the form '{{x}}x{{y}}' (e.g. "
+                f"{', '.join(map(repr, spot_ids[bad][:3]))}); is this a her2st ST-cnts file?"))
+        cx = parsed[0].astype(np.int64).to_numpy()
+        cy = parsed[1].astype(np.int64).to_numpy()
+        if pd.Index(list(zip(cx, cy))).duplicated().any():
+            raise DataError(one_line(f"{where}: {cnt_path} names some spots twice; remove the duplicate rows"))
+        key_counts = pd.DataFrame({"x": cx, "y": cy, "row": np.arange(len(cx))})
+        joined = key_counts.merge(spots, on=["x", "y"], how="inner").sort_values("row")
+        matched = joined["row"].to_numpy()
+        unmatched = np.setdiff1d(np.arange(len(cx)), matched)
+        spot_keys = set(zip(spots["x"], spots["y"]))
+        match_rate_check(len(matched), len(cx), len(spots), where, min_rate=float(min_rate),
+                         counts_only=[spot_ids.iloc[i] for i in unmatched[:5]],
+                         positions_only=[f"{x}x{y}" for x, y in sorted(spot_keys - set(zip(cx, cy)))[:5]],
+                         counts_label=f"count file {cnt_path.name}",
+                         positions_label=f"selected rows of {spot_path.name}")
+        X = X[matched]
+        xy = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        if check_bounds:
+            check_in_image(xy, 1.0, image_size(image, where), image, where)
+        if pixel_size is None:
+            pixel_size = estimate_pixel_size(spots[["pixel_x", "pixel_y"]].to_numpy(float), spots["y"], spots["x"],
+                                             col_step=1, um_per_step=200.0, where=where)
+
+        n_zero = int((np.asarray(X.sum(axis=1)).ravel() == 0).sum())
+        if n_zero:
+            log.info("%s: %d spot(s) have no counts; kept (preprocessing drops them)", where, n_zero)
+        barcodes = [f"{x}x{y}" for x, y in zip(joined["x"], joined["y"])]
+        obs = pd.DataFrame({
+            "array_row": joined["y"].to_numpy(np.int64),
+            "array_col": joined["x"].to_numpy(np.int64),
+            "slide": np.full(len(barcodes), slide, dtype=object),
+            "patient": np.full(len(barcodes), patient_id, dtype=object),
+        }, index=pd.Index(barcodes))
+        adata = anndata.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=obs,
+                                var=pd.DataFrame(index=pd.Index(genes)))
+        adata.obsm["spatial"] = xy
+        adata.uns["stbench"] = {
+            "image_path": str(image),
+            "image_scale": 1.0,
+            "pixel_size_um": None if pixel_size is None else float(pixel_size),
+            "reader": self.name,
+            "reader_version": self.version,
+            "source_files": [str(cnt_path), str(spot_path)],
+            "n_zero_count_spots": n_zero,
+        }
+        check_slide_adata(adata, where)
+        log.info("%s: read %d spots x %d genes from %s and %s; image %s; %s um/px", where, adata.n_obs,
+                 adata.n_vars, cnt_path.name, spot_path.name, image.name,
+                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
+        return adata
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _pick(directory: Path, names: list[str], what: str, where: str) -> Path:
+        for name in names:
+            if (directory / name).is_file():
+                return directory / name
+        raise DataError(one_line(f"{where}: {what} {directory / names[0]} (or {names[1]}) does not exist; "
+                                 f"expected the her2st layout {LAYOUT} under the data folder"))
+
+    @staticmethod
+    def _find_image(folder: Path, slide: str, patient: str | None, params: dict[str, Any], where: str) -> Path:
+        root = folder / "ST-imgs"
+        tried = [root / p / slide for p in dict.fromkeys([patient, slide[:1]]) if p]
+        img_dir = next((d for d in tried if d.is_dir()), None)
+        if img_dir is None:
+            others = sorted(d for d in root.glob(f"*/{slide}") if d.is_dir()) if root.is_dir() else []
+            if len(others) != 1:
+                raise DataError(one_line(f"{where}: image folder {tried[0]} does not exist; expected the her2st "
+                                         f"layout {LAYOUT} (P = patient, default the slide id's first letter)"))
+            img_dir = others[0]
+        if "image" in params:
+            pattern = params["image"]
+            if not isinstance(pattern, str) or not pattern:
+                raise DataError(f"{where}: reader param image must be a file name or glob, got {pattern!r}")
+            return glob_one(img_dir, pattern, what="image", where=where)
+        found = sorted(p for p in img_dir.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and matches_any(p.name, IMAGE_PATTERNS))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise DataError(one_line(f"{where}: no image (*.jpg, *.png, *.tif) in {img_dir}; put the slide's H&E "
+                                     f"image there"))
+        raise DataError(one_line(f"{where}: several images in {img_dir} ({', '.join(p.name for p in found[:5])}); "
+                                 f"keep one or set params image"))
+
+    @staticmethod
+    def _read_counts(path: Path, where: str):
+        """(gene symbols, spot ids as a pandas Series, counts as CSR float32) from a spots x genes TSV.
+
+        Fast path: the numeric body is parsed in one call (``np.fromstring``), about 0.1 s for 190 x 15k;
+        anything irregular falls back to ``pandas.read_csv`` (slower, but with precise errors).
+        """
+        import io
+
+        import pandas as pd
+        import scipy.sparse as sp
+
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
+            text = raw.decode("utf-8")
+        except Exception as e:  # noqa: BLE001 - BadGzipFile, EOFError, zlib.error, UnicodeDecodeError, ...
+            raise DataError(one_line(f"{where}: cannot read count file {path} ({type(e).__name__}: {e}); the file "
+                                     f"is damaged or not a tab-separated text table, re-download it")) from None
+        lines = text.splitlines()
+        header = lines[0].split("\t") if lines else []
+        ids, bodies = [], []
+        for line in lines[1:]:
+            if line.strip():
+                spot, _, rest = line.partition("\t")
+                ids.append(spot.strip())
+                bodies.append(rest)
+        if not bodies or not header:
+            raise DataError(one_line(f"{where}: {path} holds no spots or no genes; re-download it"))
+        n_genes = bodies[0].count("\t") + 1
+        if len(header) == n_genes + 1:
+            header = header[1:]
+        elif len(header) != n_genes:
+            raise DataError(one_line(f"{where}: {path} has {len(header)} header cells but {n_genes} count columns; "
+                                     f"expected an empty first header cell followed by one gene symbol per column"))
+        values = None
+        if all(b.count("\t") == n_genes - 1 for b in bodies):
+            joined = "\t".join(bodies)
+            for dtype in (np.int64, np.float64):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # a partial parse is detected by its size
+                        parsed = np.fromstring(joined, dtype=dtype, sep="\t")
+                except Exception:  # noqa: BLE001
+                    continue
+                if parsed.size == len(bodies) * n_genes:
+                    values = parsed.reshape(len(bodies), n_genes).astype(np.float32)
+                    break
+        if values is None:  # irregular: let pandas find and name the problem
+            try:
+                df = pd.read_csv(io.StringIO(text), sep="\t", header=None, skiprows=1, index_col=0, dtype={0: str})
+            except Exception as e:  # noqa: BLE001
+                raise DataError(one_line(f"{where}: cannot parse count file {path} ({type(e).__name__}: {e}); "
+                                         f"expected a tab-separated table of raw counts, spots x genes")) from None
+            if df.shape[1] != n_genes:
+                raise DataError(one_line(f"{where}: rows of {path} have different numbers of fields; "
+                                         f"re-download the file"))
+            non_numeric = [c for c, t in zip(df.columns, df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
+            if non_numeric:
+                gene = header[df.columns.get_loc(non_numeric[0])]
+                raise DataError(one_line(f"{where}: {path} has non-numeric counts (gene column {gene!r}); "
+                                         f"expected raw counts, spots x genes"))
+            ids = [str(i).strip() for i in df.index]
+            values = df.to_numpy(dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise DataError(one_line(f"{where}: {path} has missing or infinite counts; expected raw counts"))
+        genes = unique_gene_symbols(header, f"{where}: {path.name}")
+        return genes, pd.Series(ids, dtype=object), sp.csr_matrix(values)
+
+    @staticmethod
+    def _read_spots(path: Path, where: str):
+        import pandas as pd
+
+        try:
+            spots = pd.read_csv(path, sep="\t", compression="infer")
+        except Exception as e:  # noqa: BLE001
+            raise DataError(one_line(f"{where}: cannot read spot file {path} ({type(e).__name__}: {e}); "
+                                     f"re-download it")) from None
+        spots.columns = [str(c).strip() for c in spots.columns]
+        missing = [c for c in SPOT_COLUMNS if c not in spots.columns]
+        if missing:
+            raise DataError(one_line(f"{where}: {path} lacks column(s) {', '.join(missing)}; expected a tab-separated "
+                                     f"header x y new_x new_y pixel_x pixel_y selected"))
+        cols = list(SPOT_COLUMNS) + (["selected"] if "selected" in spots.columns else [])
+        spots = spots[cols].apply(pd.to_numeric, errors="coerce")
+        if spots[list(SPOT_COLUMNS)].isna().any().any():
+            raise DataError(one_line(f"{where}: {path} has non-numeric or missing x, y, pixel_x or pixel_y values; "
+                                     f"re-download it"))
+        if "selected" in spots:
+            n = len(spots)
+            spots = spots[spots["selected"] == 1]
+            if len(spots) < n:
+                log.info("%s: %d of %d rows of %s are not selected; dropped", where, n - len(spots), n, path.name)
+        spots = spots.assign(x=np.round(spots["x"]).astype(np.int64), y=np.round(spots["y"]).astype(np.int64))
+        dup = spots.duplicated(["x", "y"])
+        if dup.any():
+            log.warning("%s: %d rows of %s share rounded (x, y) with an earlier row; kept the first", where,
+                        int(dup.sum()), path.name)
+            spots = spots[~dup]
+        return spots[list(SPOT_COLUMNS)].reset_index(drop=True)
