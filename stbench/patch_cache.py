@@ -371,9 +371,10 @@ def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int,
     cr = max(1, int(getattr(src, "chunk_rows", 1)))
     step = max(cr, (BAND_BYTES // (3 * xw)) // cr * cr)  # new rows per band
     piece = cr * max(1, 256 // cr)  # rows per read: whole tile/strip rows, at least ~256
-    buf = np.empty((side + step + cr, xw, 3), dtype=np.uint8)
     order = np.argsort(y0, kind="stable")
     ys = y0[order]
+    last = -(-(int(ys[-1]) + side) // cr) * cr  # no read goes below the last crop's tile row
+    buf = np.empty((min(side + step, last - int(ys[0])) + cr, xw, 3), dtype=np.uint8)
     buf_y0 = buf_y1 = 0
     pos = done = 0
     if progress is not None:
@@ -386,7 +387,7 @@ def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int,
         else:
             new_start = y_lo
         end = max(y_lo + side, new_start + step)
-        end = -(-end // cr) * cr  # up to a tile/strip boundary
+        end = min(-(-end // cr) * cr, last)  # up to a tile/strip boundary
         r = new_start
         while r < end:
             r1 = min(end, (r // piece + 1) * piece)
