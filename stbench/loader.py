@@ -66,13 +66,11 @@ class PatchDataset:
 
         slide = self.slides[self.slide_of[i]]
         row = int(self.row_of[i])
-        patch = torch.from_numpy(np.array(slide.images[row], dtype=np.uint8)).permute(2, 0, 1)
+        patch = np.asarray(slide.images[row], dtype=np.uint8)
         out = []
         for v in range(self.views):
-            p = patch
-            if self.augment:
-                p = augment(p, *augment_params(self.seed, self.epoch, i, v))
-            out.append(p.contiguous())
+            p = augment(patch, *augment_params(self.seed, self.epoch, i, v)) if self.augment else patch
+            out.append(torch.from_numpy(np.ascontiguousarray(p.transpose(2, 0, 1))))
         images = out[0] if self.views == 1 else torch.stack(out)
         expr = slide.expression
         target = torch.tensor(expr[row], dtype=torch.float32) if expr is not None else torch.empty(0)

@@ -410,6 +410,7 @@ def test_h5images_indexing(tmp_path):
     tifffile.imwrite(path, img, tile=(64, 64))
     images = open_patches(build(tmp_path, path))["images"]
     every = np.stack([expected_crop(img, cx, cy, P) for cx, cy in COORDS])
+    assert isinstance(images, H5Images)
     assert images.shape == every.shape and images.dtype == np.uint8 and len(images) == len(COORDS)
     assert images.ndim == 4
     np.testing.assert_array_equal(images[2], every[2])

@@ -158,31 +158,45 @@ def _decode_key(key):
     return bits.view(torch.float32), idx
 
 
-def _block_keys(block, offset: int, k: int):
-    """Keys of the exact top-``k`` (score desc, index asc) of each row of a similarity block.
+def _block_candidates(block, offset: int, k: int, out_s, out_i) -> None:
+    """Write the exact top-``k`` (score desc, index asc) of each row of a similarity block.
 
-    ``offset`` is the global index of the block's first column. Returns (rows, min(k, width))
-    int64 keys, unordered.
+    ``offset`` is the global index of the block's first column; ``out_s`` / ``out_i`` are
+    (rows, k) float32 / int64 views of the candidate store, filled unordered. A block narrower
+    than ``k`` fills only its first ``width`` columns; the others keep the -inf the store slot
+    holds (slots are -inf from creation and again after each merge).
     """
     torch = _torch()
     rows, width = block.shape
-    local = torch.arange(offset, offset + width, device=block.device)
     if width <= k:
-        return _order_key(block, local.expand(rows, width))
+        out_s[:, :width] = block
+        out_i[:, :width] = torch.arange(offset, offset + width, device=block.device)
+        return
     # The k+1 best values are exact; when the k-th and (k+1)-th differ the top-k set is unique.
     vals, pos = torch.topk(block, k + 1, dim=1, largest=True, sorted=True)
-    keys = _order_key(vals[:, :k], pos[:, :k] + offset)
+    out_s.copy_(vals[:, :k])
+    torch.add(pos[:, :k], offset, out=out_i)
     tie = vals[:, k - 1] == vals[:, k]
     if bool(tie.any()):
         # several elements share the last place: re-select those rows by key (lower index wins),
-        # in groups so the int64 key temporaries stay about the size of the float block
+        # in groups so the int64 key temporaries stay about the size of the float block (all at
+        # once when the block is small)
         tie_rows = tie.nonzero().squeeze(1)
-        step = max(1, rows // 4)
+        local = torch.arange(offset, offset + width, device=block.device)
+        step = max(1, rows // 4, min(rows, (1 << 20) // width))
         for s in range(0, tie_rows.numel(), step):
             r = tie_rows[s:s + step]
             sub = _order_key(block.index_select(0, r), local.expand(r.numel(), width))
-            keys[r] = torch.topk(sub, k, dim=1, largest=True, sorted=False).values
-    return keys
+            sub_s, sub_i = _decode_key(torch.topk(sub, k, dim=1, largest=True, sorted=False).values)
+            out_s[r] = sub_s
+            out_i[r] = sub_i
+
+
+def _best_of(store_s, store_i, k: int):
+    """The top ``k`` of candidate rows by (score desc, index asc), sorted: (scores, indices)."""
+    torch = _torch()
+    key = _order_key(store_s, store_i)
+    return _decode_key(torch.topk(key, k, dim=1, largest=True, sorted=True).values)
 
 
 def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | None = None,
@@ -230,27 +244,43 @@ def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | No
 
     inv_q = _inverse_norms(query, "query embeddings", dev, cq)
     inv_r = _inverse_norms(reference, "reference embeddings", dev, cr)
-    # running top-k of every query as int64 keys (see _order_key); the sentinel is below any key
-    best = torch.full((nq, k), torch.iinfo(torch.int64).min, dtype=torch.int64, device=dev)
+    # Candidate store: each block's exact top-k per query goes into one k-column slot; slots are
+    # merged by key (see _order_key) only when the store is full and once at the end, which keeps
+    # the number of small operations per block low. Its size is at most max(one similarity
+    # block, 2 x Nq x k scores + indices).
+    n_ref_chunks = -(-nr // cr)
+    slots = int(min(n_ref_chunks, max(2, (cq * cr * 4) // max(1, nq * k * 12))))
+    store_s = torch.full((nq, slots * k), float("-inf"), dtype=torch.float32, device=dev)
+    store_i = torch.zeros((nq, slots * k), dtype=torch.int64, device=dev)
     # one flat buffer for the similarity block, reused (a narrower last chunk takes a contiguous
     # prefix of it), so no block-sized allocation is repeated
     buffer = torch.empty(cq * cr, dtype=torch.float32, device=dev)
+    out_scores = torch.empty((nq, k), dtype=torch.float32, device=dev)
+    out_idx = torch.empty((nq, k), dtype=torch.int64, device=dev)
     with torch.no_grad():
+        slot = 0
         # references outside, queries inside: each reference chunk is normalised once
         for rs in range(0, nr, cr):
             re_ = min(rs + cr, nr)
+            if slot == slots:  # store full: merge every query's candidates into slot 0
+                for qs in range(0, nq, cq):
+                    best_s, best_i = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
+                    store_s[qs:qs + cq, :k] = best_s
+                    store_i[qs:qs + cq, :k] = best_i
+                store_s[:, k:] = float("-inf")  # drop the merged copies (no duplicate keys)
+                slot = 1
             rn_t = (_rows(reference, rs, re_, dev) * inv_r[rs:re_, None]).T
+            cols = slice(slot * k, (slot + 1) * k)
             for qs in range(0, nq, cq):
                 qe = min(qs + cq, nq)
                 qn = _rows(query, qs, qe, dev) * inv_q[qs:qe, None]
                 sim = buffer[: (qe - qs) * (re_ - rs)].view(qe - qs, re_ - rs)
                 torch.mm(qn, rn_t, out=sim)  # the only similarity block: (chunk_size, ref_chunk_size)
-                cand = _block_keys(sim, rs, k)
-                merged = torch.cat([best[qs:qe], cand], dim=1)
-                best[qs:qe] = torch.topk(merged, k, dim=1, largest=True, sorted=False).values
+                _block_candidates(sim, rs, k, store_s[qs:qe, cols], store_i[qs:qe, cols])
             del rn_t
-        best = torch.sort(best, dim=1, descending=True).values  # keys are distinct: deterministic
-        out_scores, out_idx = _decode_key(best)
+            slot += 1
+        for qs in range(0, nq, cq):
+            out_scores[qs:qs + cq], out_idx[qs:qs + cq] = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
     return out_scores, out_idx
 
 
