@@ -377,5 +377,7 @@ def test_aggregate_errors():
         aggregate(np.array([[0, 3]]), None, vals)
     with pytest.raises(DataError, match="scores shape"):
         aggregate(idx, np.ones((1, 3)), vals)
+    with pytest.raises(DataError, match="chunk_size"):
+        aggregate(idx, None, vals, chunk_size=0)
     with pytest.raises(DataError, match="one expression row per reference"):
         predict_by_retrieval(np.ones((2, 4)), np.ones((3, 4)), np.ones((4, 2)))

@@ -7,19 +7,27 @@ references' expression rows.
 Memory. The dense query x reference similarity matrix is never built (20,000 x 100,000 float32 is
 8 GB). :func:`topk_cosine` walks the matrix in blocks of ``chunk_size`` queries x
 ``ref_chunk_size`` references (reference chunks outside, query chunks inside): each block is
-computed with one matrix product into a reused buffer, reduced to its best ``k`` candidates per
-query and merged into those queries' running top-k. Rows are normalised chunk by chunk as well, so
-the extra memory is O(chunk_size x ref_chunk_size + (chunk_size + ref_chunk_size) x D + Nq x k),
-independent of Nq x Nr. By default the block is about :data:`BLOCK_BYTES` (64 MB).
+computed with one matrix product into a reused buffer and reduced to its exact top-``k`` per
+query, which goes into a small candidate store (a few ``k``-column slots per query, merged when
+full and at the end). Rows are normalised chunk by chunk as well, so the extra memory is
+O(chunk_size x ref_chunk_size + ref_chunk_size x D + Nq x k), independent of Nq x Nr. By default
+the block is about :data:`BLOCK_BYTES` (64 MB): 512 queries x 32,768 references.
 
 Ordering and ties. Results are sorted by score descending; equal scores are ordered by reference
 index ascending, and when several references tie for the last place the lower indices are kept.
-The rule is exact and deterministic, independent of the chunk sizes (``torch.topk`` alone is not
-stable): each block's ``k + 1`` best values are found with ``torch.topk``; where the ``k``-th and
-``k+1``-th values are equal (a tie at the cut) that row is re-selected exactly with a composite
-int64 key (score bits, then ``2**32 - 1 - index``); candidates are kept and merged across
-reference chunks as such keys, which never tie, and sorted once at the end. ``-0.0`` is treated
-as ``0.0``.
+``torch.topk`` alone is not stable, so: each block's ``k + 1`` best values are found with
+``torch.topk``; where the ``k``-th and ``k+1``-th values are equal (a tie at the cut) that row is
+re-selected exactly with a composite int64 key (order-preserving score bits, then
+``2**32 - 1 - index``); candidates from all reference chunks are merged with the same key, which
+never ties, and sorted once at the end. ``-0.0`` counts as ``0.0``. For a given input the
+result is deterministic, and the tie rule holds whatever the chunk sizes.
+
+Ties are decided on the float32 scores *as computed*. A matrix product may round the same
+cosine differently, by about one unit in the last place, depending on the block shape and on a
+column's position in the block, so bit-identical reference rows are not guaranteed bit-identical
+scores (the dense ``q @ r.T`` has the same property); such near-ties are ordered by their
+computed scores. Exactly equal scores, e.g. from exactly representable data or zero rows, always
+follow the lower-index rule.
 
 Conventions. Rows with zero norm normalise to all-zero rows: their cosine with everything is 0
 (a zero query therefore retrieves references ``0 .. k-1``, all with score 0). ``k`` larger than
@@ -212,7 +220,8 @@ def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | No
         Neighbours per query; clamped to Nr when larger.
     chunk_size, ref_chunk_size:
         Queries / references per block. Unset sizes follow :func:`default_chunk_sizes` (one block
-        of about 64 MB float32). Peak extra memory is O(chunk_size x ref_chunk_size + Nq x k).
+        of about 64 MB float32). Peak extra memory is O(chunk_size x ref_chunk_size +
+        ref_chunk_size x D + Nq x k); inputs that are not float32 are converted chunk by chunk.
     device:
         Where to compute (e.g. ``"cuda"``); default: the device of ``query`` or ``reference`` when
         it is a tensor, else CPU. Rows are moved to the device one chunk at a time.
@@ -222,7 +231,8 @@ def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | No
     (scores, indices):
         torch tensors on ``device`` of shape (Nq, k): float32 cosine scores and int64 reference
         indices, each row sorted by score descending, equal scores by index ascending (the lower
-        index wins a tie for the last place). The result does not depend on the chunk sizes.
+        index wins a tie for the last place). Equal chunk-independent scores give the same result
+        for any chunk sizes; see the module notes on last-place rounding of computed scores.
     """
     torch = _torch()
     query = _check_2d(query, "query embeddings")
@@ -242,6 +252,14 @@ def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | No
     dev = _resolve_device(device, query, reference)
     cq, cr = default_chunk_sizes(nq, nr, chunk_size, ref_chunk_size)
 
+    with torch.no_grad():
+        return _topk_blocks(query, reference, k, cq, cr, dev)
+
+
+def _topk_blocks(query, reference, k: int, cq: int, cr: int, dev):
+    """The blocked search behind :func:`topk_cosine` (inputs already checked, sizes resolved)."""
+    torch = _torch()
+    nq, nr = query.shape[0], reference.shape[0]
     inv_q = _inverse_norms(query, "query embeddings", dev, cq)
     inv_r = _inverse_norms(reference, "reference embeddings", dev, cr)
     # Candidate store: each block's exact top-k per query goes into one k-column slot; slots are
@@ -257,30 +275,29 @@ def topk_cosine(query: Any, reference: Any, k: int = 50, *, chunk_size: int | No
     buffer = torch.empty(cq * cr, dtype=torch.float32, device=dev)
     out_scores = torch.empty((nq, k), dtype=torch.float32, device=dev)
     out_idx = torch.empty((nq, k), dtype=torch.int64, device=dev)
-    with torch.no_grad():
-        slot = 0
-        # references outside, queries inside: each reference chunk is normalised once
-        for rs in range(0, nr, cr):
-            re_ = min(rs + cr, nr)
-            if slot == slots:  # store full: merge every query's candidates into slot 0
-                for qs in range(0, nq, cq):
-                    best_s, best_i = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
-                    store_s[qs:qs + cq, :k] = best_s
-                    store_i[qs:qs + cq, :k] = best_i
-                store_s[:, k:] = float("-inf")  # drop the merged copies (no duplicate keys)
-                slot = 1
-            rn_t = (_rows(reference, rs, re_, dev) * inv_r[rs:re_, None]).T
-            cols = slice(slot * k, (slot + 1) * k)
+    slot = 0
+    # references outside, queries inside: each reference chunk is normalised once
+    for rs in range(0, nr, cr):
+        re_ = min(rs + cr, nr)
+        if slot == slots:  # store full: merge every query's candidates into slot 0
             for qs in range(0, nq, cq):
-                qe = min(qs + cq, nq)
-                qn = _rows(query, qs, qe, dev) * inv_q[qs:qe, None]
-                sim = buffer[: (qe - qs) * (re_ - rs)].view(qe - qs, re_ - rs)
-                torch.mm(qn, rn_t, out=sim)  # the only similarity block: (chunk_size, ref_chunk_size)
-                _block_candidates(sim, rs, k, store_s[qs:qe, cols], store_i[qs:qe, cols])
-            del rn_t
-            slot += 1
+                best_s, best_i = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
+                store_s[qs:qs + cq, :k] = best_s
+                store_i[qs:qs + cq, :k] = best_i
+            store_s[:, k:] = float("-inf")  # drop the merged copies (no duplicate keys)
+            slot = 1
+        rn_t = (_rows(reference, rs, re_, dev) * inv_r[rs:re_, None]).T
+        cols = slice(slot * k, (slot + 1) * k)
         for qs in range(0, nq, cq):
-            out_scores[qs:qs + cq], out_idx[qs:qs + cq] = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
+            qe = min(qs + cq, nq)
+            qn = _rows(query, qs, qe, dev) * inv_q[qs:qe, None]
+            sim = buffer[: (qe - qs) * (re_ - rs)].view(qe - qs, re_ - rs)
+            torch.mm(qn, rn_t, out=sim)  # the only similarity block: (chunk_size, ref_chunk_size)
+            _block_candidates(sim, rs, k, store_s[qs:qe, cols], store_i[qs:qe, cols])
+        del rn_t
+        slot += 1
+    for qs in range(0, nq, cq):
+        out_scores[qs:qs + cq], out_idx[qs:qs + cq] = _best_of(store_s[qs:qs + cq], store_i[qs:qs + cq], k)
     return out_scores, out_idx
 
 
@@ -329,8 +346,8 @@ def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "m
     idx = idx.to(device=dev, dtype=torch.int64)
     nq, kk = idx.shape
     nr, g = vals.shape
-    if scores is not None and tuple(scores.shape) != (nq, kk):
-        raise DataError(f"scores shape {tuple(scores.shape)} differs from indices shape {(nq, kk)}")
+    if scores is not None and tuple(np.shape(scores)) != (nq, kk):
+        raise DataError(f"scores shape {tuple(np.shape(scores))} differs from indices shape {(nq, kk)}")
     if nq and kk == 0:
         raise DataError("indices have no matches per query (k = 0); nothing to aggregate")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= nr):
@@ -349,6 +366,9 @@ def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "m
         r_emb = torch.as_tensor(r_emb).to(device=dev)
 
     out = torch.empty((nq, g), dtype=vals.dtype, device=dev)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if chunk_size is None:
         per_query = max(g, kk * (q_emb.shape[1] if q_emb is not None else 1)) * 8
         chunk_size = max(1, BLOCK_BYTES // per_query)
