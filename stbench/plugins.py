@@ -28,7 +28,8 @@ from .errors import PluginError
 from .registry import Registry
 
 CORE_PLUGIN = "stbench.builtin"
-DEFAULT_PLUGINS: tuple[str, ...] = ("stbench_baselines", "stbench_heclip", "stbench_bleep", "stbench_clip")
+DEFAULT_PLUGINS: tuple[str, ...] = ("stbench_baselines", "stbench_heclip", "stbench_bleep", "stbench_clip", "stbench_stnet",
+                                   "stbench_histogene")
 ENTRY_POINT_GROUP = "stbench"
 
 

@@ -4,10 +4,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from stbench import ModelCard
-from stbench.nn.contrastive import ContrastiveModel, ContrastiveOptions
-
-QUICK = {"encoder": "efficientnet_lite0", "input_px": 64, "epochs": 4, "batch_size": 64}
-
+from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
 
 class BLEEP(ContrastiveModel):
     """BLEEP (bowang-lab/BLEEP), as specified in specs/model_specs.md section 2."""
@@ -26,7 +23,7 @@ class BLEEP(ContrastiveModel):
             "single process; no DDP and no duplicated gradient all-reduce",
         ),
     )
-    profiles = {"quick": QUICK}
+    profiles = {"quick": QUICK_PROFILE}
 
     @dataclass(frozen=True)
     class Options(ContrastiveOptions):

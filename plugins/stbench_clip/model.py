@@ -4,10 +4,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from stbench import ModelCard
-from stbench.nn.contrastive import ContrastiveModel, ContrastiveOptions
-
-QUICK = {"encoder": "efficientnet_lite0", "input_px": 64, "epochs": 4, "batch_size": 64}
-
+from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
 
 class CLIP(ContrastiveModel):
     """Symmetric InfoNCE with one-hot targets and a learnable logit scale, on BLEEP's architecture."""
@@ -26,7 +23,7 @@ class CLIP(ContrastiveModel):
             "t initialised to log(1/0.07), s capped at 100",
         ),
     )
-    profiles = {"quick": QUICK}
+    profiles = {"quick": QUICK_PROFILE}
 
     @dataclass(frozen=True)
     class Options(ContrastiveOptions):

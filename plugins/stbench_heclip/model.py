@@ -5,10 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stbench import ModelCard
-from stbench.nn.contrastive import ContrastiveModel, ContrastiveOptions
-
-QUICK = {"encoder": "efficientnet_lite0", "input_px": 64, "epochs": 4, "batch_size": 64}
-
+from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
 
 class HECLIP(ContrastiveModel):
     """HECLIP (QSong-github/HECLIP), as specified in specs/model_specs.md section 1."""
@@ -30,7 +27,7 @@ class HECLIP(ContrastiveModel):
             "spots are dropped from barcodes and matrix together",
         ),
     )
-    profiles = {"quick": QUICK}
+    profiles = {"quick": QUICK_PROFILE}
 
     @dataclass(frozen=True)
     class Options(ContrastiveOptions):

