@@ -86,7 +86,7 @@ def main() -> None:
     fetch_dataset(ds.entry)
     t0 = time.perf_counter()
     prepared = ds.prepare(ds.folds("single")[0], "strict")
-    slides = [*prepared.train, *prepared.queries]
+    slides = list(prepared.train)
     print(f"prepared her2st_C_HVG (patch cache + expression) in {time.perf_counter() - t0:.1f} s")
 
     ours = PatchDataset(slides, augment=True, seed=0)

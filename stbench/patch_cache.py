@@ -3,7 +3,7 @@
 Layout: ``<cache_root()>/patches/<slide key>/<spec key>.h5``, for example
 ``~/.cache/stbench/patches/her2st_C/C2/256px-native.h5``. Each file holds
 
-- ``images``: uint8 (N_kept, P, P, 3), chunked one patch per chunk ``(1, P, P, 3)``, gzip level 1
+- ``images``: uint8 (N_kept, P, P, 3), chunked one patch per chunk ``(1, P, P, 3)``, uncompressed
   with a Fletcher-32 checksum per chunk;
 - ``barcodes`` (utf-8 strings), ``coords`` (float64 (N_kept, 2) full-resolution x, y), ``grid``
   (int64 (N_kept, 2)), all in the input order of the kept spots; ``dropped_barcodes`` (utf-8) for
@@ -24,11 +24,11 @@ Design choices:
   at 256 px crops on 512 px tiles, more for dense Visium grids). Measured on a 20,000 x 20,000
   JPEG-tiled TIFF with 5,000 spots: 202 MB peak RSS (68 MB of it imports) against 1,681 MB for
   ``tifffile.imread`` + numpy crops (benchmarks/RESULTS.md).
-- **gzip level 1.** H&E patches compress losslessly to about a fifth (measured on her2st C2:
-  0.21 of the raw size with gzip-1, 0.27 with lzf), gzip is readable by every HDF5 tool (lzf only
-  through h5py), and reading costs the same as lzf (~0.35 ms per 256 px patch); writing costs
-  ~0.6 ms more per patch than lzf and gzip levels above 1 save little (0.208 at level 4).
-  Fletcher-32 checksums make a corrupted chunk fail loudly instead of serving wrong pixels.
+- **No compression, Fletcher-32 checksums.** Real H&E patches barely compress losslessly (her2st
+  C2, 187 patches of 256 px: 36.8 MB raw, 31.0 MB with gzip-1, 34.5 MB with lzf) while
+  decompression dominates training reads (0.97 ms per patch with gzip-1, 0.42 with lzf, 0.10
+  uncompressed with checksums). The checksums make a corrupted chunk fail loudly instead of
+  serving wrong pixels.
 - **Resizing.** A crop of side ``S != P`` (when resampling to ``target_um_per_px`` or when cutting
   from a downsampled image) is resized to ``P x P`` with PIL's bilinear filter, which Pillow
   widens by the scale factor when shrinking (a triangle/area-like antialiasing filter), so
@@ -61,8 +61,7 @@ from .image_reader import open_image
 log = logging.getLogger("stbench")
 
 FORMAT_VERSION = 1
-COMPRESSION = "gzip"
-COMPRESSION_LEVEL = 1
+COMPRESSION = None
 #: New rows read per band: BAND_BYTES // (3 * band width), rounded down to whole tile/strip rows.
 BAND_BYTES = 32 * 1024 * 1024
 
@@ -336,7 +335,7 @@ def _build(image_path: Path, coords_xy: Any, barcodes: Any, grid: Any, out: Path
                     "n_padded": int(padded.sum()),
                     "n_dropped": int(len(dropped)),
                     "barcodes_sha256": spots_sha256(bcs, coords, g),
-                    "compression": f"{COMPRESSION}:{COMPRESSION_LEVEL}",
+                    "compression": str(COMPRESSION),
                     "band_bytes": int(BAND_BYTES),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 }
@@ -349,7 +348,7 @@ def _build(image_path: Path, coords_xy: Any, barcodes: Any, grid: Any, out: Path
                 f.create_dataset("dropped_barcodes", data=bcs[dropped].astype(object), dtype=str_dt)
                 images = f.create_dataset("images", shape=(n_kept, p, p, 3), dtype=np.uint8,
                                           chunks=(1, p, p, 3), compression=COMPRESSION,
-                                          compression_opts=COMPRESSION_LEVEL, fletcher32=True)
+                                          fletcher32=True)
                 _cut_bands(src, images, x0, y0, side, p, progress, task=f"patches {out.parent.name}/{out.stem}")
                 f.attrs["complete"] = True
     log.debug("built %s: %d patches in %.1f s", out, n_kept, time.perf_counter() - t0)
@@ -535,7 +534,10 @@ class H5Images:
         if uniq[-1] - uniq[0] + 1 == len(uniq):  # a contiguous run: one slice
             data = ds[int(uniq[0]):int(uniq[-1]) + 1]
         else:
-            data = ds[uniq]  # h5py needs increasing indices
+            # h5py's fancy selection costs ~15 ms per 256 px patch; a direct read per row ~0.2 ms
+            data = np.empty((len(uniq),) + tuple(self.shape[1:]), dtype=self.dtype)
+            for j, i in enumerate(uniq):
+                ds.read_direct(data, np.s_[int(i)], np.s_[j])
         return data[inverse.reshape(index.shape)]
 
     def __getitem__(self, key: Any) -> np.ndarray:
