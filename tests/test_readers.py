@@ -711,3 +711,13 @@ def test_grid_from_coordinates_on_a_hex_lattice():
 def test_readers_have_names_and_versions():
     assert (VisiumReader.name, STLegacyReader.name, AnnDataReader.name) == ("visium", "st-legacy", "anndata")
     assert VisiumReader.version == STLegacyReader.version == AnnDataReader.version == "1"
+
+
+def test_a_few_spots_outside_the_image_warn_many_raise(tmp_path, caplog):
+    from stbench.readers.checks import check_in_image
+
+    xy = np.array([[10.0, 10.0]] * 19 + [[500.0, 10.0]])
+    check_in_image(xy, 1.0, (100, 100), tmp_path / "img.png", "slide S")
+    assert any("1 of 20 spot centres lie outside" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError, match="3 of 20 spot centres lie outside"):
+        check_in_image(np.array([[10.0, 10.0]] * 17 + [[500.0, 10.0]] * 3), 1.0, (100, 100), tmp_path / "img.png", "slide S")
