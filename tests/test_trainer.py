@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+import torch
+
+from stbench.loader import PatchDataset
+from stbench.nn.trainer import fit, load_checkpoint, reference_split, save_checkpoint, split_spots
+from stbench.testing import tiny_fold
+
+
+def test_spot_split_is_seeded_disjoint_and_80_20():
+    train, val = split_spots(100, 0.2, seed=3)
+    assert len(train) == 80 and len(val) == 20 and not set(train) & set(val)
+    again = split_spots(100, 0.2, seed=3)
+    assert np.array_equal(again[0], train) and not np.array_equal(split_spots(100, 0.2, seed=4)[1], val)
+
+
+def test_slice_split_holds_out_the_last_reference_slide():
+    fold = tiny_fold(n_slides=4)
+    train, val = reference_split(fold.train, "slice", 0.2, seed=0)
+    n = [len(s) for s in fold.train]
+    assert np.array_equal(val, np.arange(sum(n[:-1]), sum(n))) and len(train) == sum(n[:-1])
+
+
+def test_fit_keeps_the_best_validation_epoch_and_writes_history(tmp_path):
+    fold = tiny_fold()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16 * 3, len(fold.genes)))
+
+    def loss_of(images, targets):
+        return ((net(images.float() / 255) - targets) ** 2).mean()
+
+    train_rows, val_rows = reference_split(fold.train, "spots", 0.2, 0)
+    history = fit(net, loss_of, torch.optim.SGD(net.parameters(), lr=0.05), PatchDataset(fold.train, rows=train_rows),
+                  PatchDataset(fold.train, augment=False, rows=val_rows), epochs=4, batch_size=16, device="cpu", seed=0,
+                  workdir=tmp_path)
+    vals = [e["val_loss"] for e in history.epochs]
+    assert history.best_epoch == int(np.argmin(vals)) + 1
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["best_epoch"] == history.best_epoch and len(saved["epochs"]) == 4
+
+
+def test_checkpoint_round_trip_is_safetensors(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    save_checkpoint(net, tmp_path / "m.safetensors", {"a": 1}, {"ref": torch.arange(4.0)})
+    state, extra, config = load_checkpoint(tmp_path / "m.safetensors")
+    assert config == {"a": 1} and torch.equal(extra["ref"], torch.arange(4.0))
+    assert torch.equal(state["weight"], net.weight) and json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    assert raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") < len(raw)  # safetensors header, not a pickle
