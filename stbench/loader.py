@@ -6,6 +6,7 @@ only on (seed, epoch, item index, view), so results do not depend on the number 
 """
 from __future__ import annotations
 
+import multiprocessing
 import zlib
 from typing import Any, Sequence
 
@@ -42,12 +43,16 @@ class PatchDataset:
     ``images`` is a uint8 tensor (3, H, W), or (views, 3, H, W) with ``views=2`` (two independently
     augmented views, as HECLIP trains). ``expression`` is float32 (G,) or an empty tensor when the
     slides carry none. Call :meth:`set_epoch` before each epoch so the augmentation changes.
+    ``memory_mb`` bounds the patches each process keeps in memory (0: always read from the cache).
     """
 
     def __init__(self, slides: Sequence[Any], *, augment: bool = True, views: int = 1, seed: int = 0,
-                 rows: Sequence[int] | None = None) -> None:
+                 rows: Sequence[int] | None = None, memory_mb: float = 1024) -> None:
         self.slides = list(slides)
-        self.augment, self.views, self.seed, self.epoch = augment, views, seed, 0
+        self.memory_mb = memory_mb
+        self._in_memory: dict[int, np.ndarray] = {}
+        self.augment, self.views, self.seed = augment, views, seed
+        self._epoch = multiprocessing.RawValue("q", 0)  # shared with (persistent) worker processes
         sizes = [len(s) for s in self.slides]
         self.slide_of = np.repeat(np.arange(len(sizes)), sizes)
         self.row_of = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
@@ -55,8 +60,38 @@ class PatchDataset:
             rows = np.asarray(rows, dtype=np.int64)
             self.slide_of, self.row_of = self.slide_of[rows], self.row_of[rows]
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Change the augmentation draw; seen by worker processes too, even persistent ones."""
+        self._epoch.value = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {**self.__dict__, "_in_memory": {}}
+        if multiprocessing.context.get_spawning_popen() is None:  # a plain copy, not a worker start
+            state["_epoch"] = int(self._epoch.value)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
+
+    def _patch(self, s: int, row: int) -> np.ndarray:
+        """One patch; a slide whose patches fit in this process's ``memory_mb`` budget is read whole
+        on first use and served from memory afterwards (each worker keeps its own copy)."""
+        cached = self._in_memory.get(s)
+        if cached is not None:
+            return cached[row]
+        images = self.slides[s].images
+        size_mb = np.prod(images.shape, dtype=np.float64) / 2**20
+        used_mb = sum(a.nbytes for a in self._in_memory.values()) / 2**20
+        if used_mb + size_mb <= self.memory_mb:
+            self._in_memory[s] = np.asarray(images, dtype=np.uint8)
+            return self._in_memory[s][row]
+        return np.asarray(images[row], dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self.slide_of)
@@ -66,7 +101,7 @@ class PatchDataset:
 
         slide = self.slides[self.slide_of[i]]
         row = int(self.row_of[i])
-        patch = np.asarray(slide.images[row], dtype=np.uint8)
+        patch = self._patch(int(self.slide_of[i]), row)
         out = []
         for v in range(self.views):
             p = augment(patch, *augment_params(self.seed, self.epoch, i, v)) if self.augment else patch

@@ -68,3 +68,33 @@ def test_rows_select_a_subset_and_query_slides_have_no_targets():
     assert np.array_equal(ds[1][0].permute(1, 2, 0).numpy(), fold.train[1].images[50 - len(fold.train[0])])
     q = PatchDataset(fold.queries, augment=False)
     assert q[0][1].numel() == 0
+
+
+def test_memory_budget_serves_the_same_patches_and_is_not_pickled():
+    import pickle
+
+    fold = tiny_fold()
+    cached = PatchDataset(fold.train, augment=True, seed=2)
+    direct = PatchDataset(fold.train, augment=True, seed=2, memory_mb=0)
+    for i in (0, 7, 60):
+        assert torch.equal(cached[i][0], direct[i][0])
+    assert set(cached._in_memory) == {0, 1} and direct._in_memory == {}
+    assert pickle.loads(pickle.dumps(cached))._in_memory == {}
+    one_slide = fold.train[0].images.nbytes / 2**20
+    partial = PatchDataset(fold.train, memory_mb=one_slide * 1.5)
+    partial[0], partial[60]
+    assert set(partial._in_memory) == {0}
+
+
+def test_set_epoch_reaches_persistent_workers():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=True, seed=4)
+    loader = make_loader(ds, 32, shuffle=False, seed=1, workers=2)
+    epochs = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        epochs.append(torch.cat([b[0] for b in loader]))
+    assert not torch.equal(epochs[0], epochs[1])
+    reference = PatchDataset(fold.train, augment=True, seed=4)
+    reference.set_epoch(1)
+    assert torch.equal(epochs[1], torch.stack([reference[i][0] for i in range(len(reference))]))
