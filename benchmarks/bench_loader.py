@@ -1,6 +1,7 @@
 """Training-loader throughput: stbench's PatchDataset over the HDF5 patch cache against a per-item
 Dataset in the style of the papers' code (whole slide image in memory, a pandas lookup per item,
-PIL transforms per item). Both augment with random h/v flips and quarter turns, 2 workers.
+PIL transforms per item, and the same item fields: image, expression row, barcode, coordinates).
+Both augment with random h/v flips and quarter turns, 2 workers.
 
 Run from the repository root (needs the her2st mirror beside the checkout):
     python benchmarks/bench_loader.py --epochs 3 --workers 2
@@ -25,13 +26,14 @@ class PaperStyleDataset:
     """What the HECLIP/BLEEP scripts do: the whole image in memory, then per item a pandas lookup
     of the barcode in the positions table, a numpy crop, and PIL/torchvision transforms."""
 
-    def __init__(self, image_path: Path, positions, barcodes) -> None:
+    def __init__(self, image_path: Path, positions, barcodes, expression) -> None:
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = None
         self.image = np.asarray(Image.open(image_path).convert("RGB"))
         self.positions = positions
         self.barcodes = list(barcodes)
+        self.expression = np.asarray(expression)
 
     def __len__(self) -> int:
         return len(self.barcodes)
@@ -49,7 +51,9 @@ class PaperStyleDataset:
         if random.random() < 0.5:
             img = TF.vflip(img)
         img = TF.rotate(img, random.choice([180, 90, 0, -90]))
-        return torch.tensor(np.array(img)).permute(2, 0, 1), idx
+        return {"image": torch.tensor(np.array(img)).permute(2, 0, 1),
+                "reduced_expression": torch.Tensor(self.expression[idx, :]),
+                "barcode": self.barcodes[idx], "spatial_coords": [x, y]}
 
 
 def throughput(loader, epochs: int, set_epoch=None) -> tuple[float, float]:
@@ -60,7 +64,7 @@ def throughput(loader, epochs: int, set_epoch=None) -> tuple[float, float]:
             set_epoch(epoch)
         t0, n = time.perf_counter(), 0
         for batch in loader:
-            n += len(batch[0])
+            n += len(batch["image"] if isinstance(batch, dict) else batch[0])
         rates.append(n / (time.perf_counter() - t0))
     return rates[0], float(np.mean(rates[1:])) if len(rates) > 1 else rates[0]
 
@@ -99,7 +103,7 @@ def main() -> None:
         spots = pd.read_csv(ds.folder / "ST-spotfiles" / f"{s.slide_id}_selection.tsv", sep="\t")
         spots["barcode"] = [f"{round(x)}x{round(y)}" for x, y in zip(spots["x"], spots["y"])]
         image = next((ds.folder / "ST-imgs" / "C" / s.slide_id).glob("*.jpg"))
-        paper_sets.append(PaperStyleDataset(image, spots, s.barcodes))
+        paper_sets.append(PaperStyleDataset(image, spots, s.barcodes, s.expression))
     paper = torch.utils.data.ConcatDataset(paper_sets)
     paper_loader = torch.utils.data.DataLoader(paper, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                                persistent_workers=args.workers > 0)
