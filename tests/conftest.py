@@ -18,6 +18,18 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads competing on a busy 2-core machine
+    make the model tests tens of times slower; restore the setting afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def cli():
     """Invoke the stbench CLI in-process; returns click's Result (stdout and stderr separate)."""

@@ -20,16 +20,6 @@ SMALL = ["dim=32", "depth=2", "heads=2", "dim_head=16", "mlp_dim=64", "patch_cro
 TINY = SMALL + ["epochs=2", "lr=1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy 2-core machine make
-    these tests tens of times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fitted(options, fold=None):
     fold = fold or tiny_fold()
     opts, _ = build_options(HisToGene, options)

@@ -16,16 +16,6 @@ SMALL = ["encoder=test_efficientnet", "pretrained=false"]
 TINY = SMALL + ["epochs=2", "batch_size=16", "optimizer=adam", "lr=1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy 2-core machine make
-    these tests tens of times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fitted(options, fold=None):
     fold = fold or tiny_fold()
     opts, _ = build_options(STNet, options)
