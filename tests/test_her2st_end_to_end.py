@@ -102,3 +102,17 @@ def test_corrupt_patch_file_is_rebuilt(fetched, caplog):
     rebuilt = get_plugin_manager(env={}).datasets.get("her2st_C_HVG").patches("C6")
     assert rebuilt == path and path.stat().st_size > 1_000_000
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
+
+
+def test_cache_commands(fetched, cli):
+    assert cli("prepare", "her2st_C_HVG").exit_code == 0
+    listed = cli("cache", "ls", "--json")
+    rows = json.loads(listed.output)
+    assert {r["slide_key"] for r in rows} >= {"her2st/C2", "her2st/C6"} and all(r["valid"] for r in rows)
+    assert cli("cache", "verify").exit_code == 0
+    path = fetched / "cache" / "patches" / "her2st" / "C3" / "256px-native.h5"
+    path.write_bytes(b"not hdf5")
+    bad = cli("cache", "verify")
+    assert bad.exit_code == 1 and "INVALID" in bad.output and "C3" in bad.output
+    cleared = cli("cache", "clear", "--pattern", "her2st/C3")
+    assert cleared.exit_code == 0 and cleared.output.startswith("removed 1 file(s)") and not path.exists()
