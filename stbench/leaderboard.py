@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from .results import RunResult, find_results, load_result
 
 ORDER = ("rmse", "ssim", "pearson", "pearson_hvg@50", "hit@1", "hit@2", "hit@3")
@@ -18,6 +20,10 @@ HEADER = (
     "median and the mean over genes (genes where a metric is undefined are excluded). `n/a`: undefined\n"
     "for every gene (for example Pearson of the constant `mean` baseline). Rows marked *baseline* are\n"
     "calibration rows: what the metric gives without using the image. Best non-baseline value in bold.\n"
+    "`Pearson median 95% CI`: bootstrap (1,000 resamples, seed 0) of the median per-gene Pearson, genes\n"
+    "pooled over folds. `p vs best`: paired Wilcoxon signed-rank test of per-gene Pearson (pairs = the\n"
+    "same gene in the same fold) against the first row; genes are not independent, so with thousands\n"
+    "of them read small p-values as \"consistently different\", not as effect sizes.\n"
 )
 
 
@@ -63,6 +69,39 @@ def _sort_key(r: RunResult) -> tuple:
     return (r.baseline, -(p if isinstance(p, (int, float)) and not math.isnan(p) else -math.inf), r.label)
 
 
+def _pooled_pearson(r: RunResult) -> tuple[list[tuple[str, str]], np.ndarray] | None:
+    """(fold, gene) keys and per-gene Pearson values of every fold, or None if not recorded."""
+    keys: list[tuple[str, str]] = []
+    values = []
+    for i, fold in enumerate(r.folds):
+        if "pearson" not in fold.get("per_gene", {}):
+            return None
+        keys += [(fold["query"], g) for g in r.genes(i)]
+        values.append(r.per_gene(i, "pearson"))
+    return keys, (np.concatenate(values) if values else np.zeros(0))
+
+
+def _stats_cells(results: Sequence[RunResult], best: RunResult | None) -> dict[int, tuple[str, str]]:
+    from .stats import bootstrap_median_ci, paired_wilcoxon
+
+    ref = _pooled_pearson(best) if best is not None else None
+    cells = {}
+    for r in results:
+        mine = _pooled_pearson(r)
+        ci = "n/a"
+        if mine is not None and np.any(~np.isnan(mine[1])):
+            lo, hi = bootstrap_median_ci(mine[1], n_resamples=1000, seed=0)
+            ci = f"[{lo:.3f}, {hi:.3f}]"
+        p = "n/a"
+        if r is best:
+            p = "best"
+        elif mine is not None and ref is not None and mine[0] == ref[0]:
+            test = paired_wilcoxon(mine[1], ref[1])
+            p = "n/a" if math.isnan(test.p_value) else ("< 1e-300" if test.p_value == 0 else f"{test.p_value:.1e}")
+        cells[id(r)] = (ci, p)
+    return cells
+
+
 def render_table(results: Sequence[RunResult]) -> str:
     cols = _columns(results)
     best: dict[tuple[str, str], float] = {}
@@ -71,9 +110,12 @@ def render_table(results: Sequence[RunResult]) -> str:
                 if isinstance(v, (int, float)) and not math.isnan(v)]
         if vals:
             best[(metric, stat)] = max(vals) if hib else min(vals)
-    lines = ["| Model | " + " | ".join(c[2] for c in cols) + " | Folds |",
-             "|---|" + "---:|" * len(cols) + "---:|"]
-    for r in sorted(results, key=_sort_key):
+    ordered = sorted(results, key=_sort_key)
+    top = next((r for r in ordered if not r.baseline), None)
+    stats_cells = _stats_cells(ordered, top)
+    lines = ["| Model | " + " | ".join(c[2] for c in cols) + " | Pearson median 95% CI | p vs best | Folds |",
+             "|---|" + "---:|" * len(cols) + "---:|---:|---:|"]
+    for r in ordered:
         cells = []
         for metric, stat, _, _ in cols:
             mean, sd = _cell_value(r, metric, stat)
@@ -82,7 +124,8 @@ def render_table(results: Sequence[RunResult]) -> str:
                 text = f"**{text}**"
             cells.append(text)
         label = f"{r.label} *baseline*" if r.baseline else r.label
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(r.folds)} |")
+        ci, p = stats_cells[id(r)]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ci} | {p} | {len(r.folds)} |")
     return "\n".join(lines) + "\n"
 
 

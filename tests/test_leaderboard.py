@@ -68,3 +68,25 @@ def test_corrupt_results_file_is_named(cli, results_dir, tmp_path):
 def test_missing_results_folder(cli, tmp_path):
     result = cli("leaderboard", "--results", str(tmp_path / "none"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_statistics_columns_against_the_first_row(results_dir):
+    import numpy as np
+
+    from stbench.stats import bootstrap_median_ci, paired_wilcoxon
+
+    results = [load_result(p) for p in sorted(results_dir.rglob("*.json"))]
+    for r in results:
+        r.baseline = False
+    text = render(results)
+    assert "Pearson median 95% CI | p vs best |" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| random-k")}
+    top_label = next(l for l in text.splitlines() if l.endswith("| best | 2 |")).split(" | ")[0][2:]
+    top = next(r for r in results if r.label == top_label)
+    other = next(r for r in results if r.label.startswith("random-k") and r.label != top_label)
+    pooled = lambda r: np.concatenate([r.per_gene(i, "pearson") for i in range(len(r.folds))])  # noqa: E731
+    lo, hi = bootstrap_median_ci(pooled(other), n_resamples=1000, seed=0)
+    p = paired_wilcoxon(pooled(other), pooled(top)).p_value
+    assert f"[{lo:.3f}, {hi:.3f}] | {p:.1e} |" in rows[other.label]
+    mean_row = next(l for l in text.splitlines() if l.startswith("| mean |"))
+    assert mean_row.endswith("| n/a | n/a | 2 |")
