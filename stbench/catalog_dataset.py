@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .atomic import atomic_path
 from .catalog import DatasetEntry
@@ -132,8 +133,7 @@ class CatalogDataset(Dataset):
         for s in slides:
             p = opened[s]
             pb = np.asarray(p["barcodes"]).astype(str)
-            lookup = {b: i for i, b in enumerate(pb)}
-            index = np.fromiter((lookup[b] for b in expr.barcodes[s]), dtype=np.int64, count=len(expr.barcodes[s]))
+            index = pd.Index(pb).get_indexer(expr.barcodes[s]).astype(np.int64)
             images = p["images"] if np.array_equal(index, np.arange(len(pb))) else ImagesView(p["images"], index)
             meta = self.read(s).uns["stbench"]
             views[s] = SlidePatches(

@@ -34,6 +34,16 @@ def tiny_fold(**kw: Any) -> PreparedFold:
     return ds.prepare(ds.folds("single")[0])
 
 
+def fit_tiny(model_cls: type, options: Sequence[str] = (), fold: PreparedFold | None = None,
+             seed: int = 0) -> tuple[Model, PreparedFold]:
+    """A model fitted on the tiny fold's reference slides, with its options built from ``key=value``."""
+    fold = fold or tiny_fold()
+    opts, _ = build_options(model_cls, list(options))
+    model = model_cls(opts, seed=seed)
+    model.fit(fold.train, fold.genes)
+    return model, fold
+
+
 def _fit_predict(model_cls: type, options: Any, fold: PreparedFold, seed: int, workdir: Path, query: Any = None) -> tuple[Model, np.ndarray]:
     model = model_cls(options, device="cpu", seed=seed, protocol="strict", workdir=workdir)
     model.fit(list(fold.train), list(fold.genes))

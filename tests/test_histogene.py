@@ -12,7 +12,7 @@ from stbench.metrics import pearson
 from stbench.options import build_options
 from stbench.slide import SlidePatches
 from stbench.synthetic import SyntheticDataset
-from stbench.testing import check_model, tiny_fold
+from stbench.testing import check_model, fit_tiny, tiny_fold
 from stbench_baselines.models import RandomKModel
 from stbench_histogene.model import HisToGene, slide_tokens
 
@@ -21,11 +21,7 @@ TINY = SMALL + ["epochs=2", "lr=1e-3"]
 
 
 def fitted(options, fold=None):
-    fold = fold or tiny_fold()
-    opts, _ = build_options(HisToGene, options)
-    model = HisToGene(opts, seed=0)
-    model.fit(fold.train, fold.genes)
-    return model, fold
+    return fit_tiny(HisToGene, options, fold)
 
 
 def test_check_model_histogene():

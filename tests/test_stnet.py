@@ -8,7 +8,7 @@ from stbench.metrics import pearson
 from stbench.nn.trainer import load_checkpoint, reference_split
 from stbench.options import build_options
 from stbench.synthetic import SyntheticDataset
-from stbench.testing import check_model, tiny_fold
+from stbench.testing import check_model, fit_tiny, tiny_fold
 from stbench_baselines.models import RandomKModel
 from stbench_stnet.model import STNet, dihedral_views
 
@@ -17,11 +17,7 @@ TINY = SMALL + ["epochs=2", "batch_size=16", "optimizer=adam", "lr=1e-3"]
 
 
 def fitted(options, fold=None):
-    fold = fold or tiny_fold()
-    opts, _ = build_options(STNet, options)
-    model = STNet(opts, seed=0)
-    model.fit(fold.train, fold.genes)
-    return model, fold
+    return fit_tiny(STNet, options, fold)
 
 
 def test_check_model_stnet():
