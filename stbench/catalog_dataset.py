@@ -73,6 +73,10 @@ class CatalogDataset(Dataset):
             reader_version=f"{self.reader.name}/{self.reader.version}", progress=progress,
         )
 
+    def image_of(self, slide: str) -> tuple[str, float]:
+        meta = self.read(slide).uns["stbench"]
+        return str(meta["image_path"]), float(meta.get("image_scale", 1.0))
+
     def _prepared_key(self, fold: Fold, protocol: str, patch_barcodes: dict[str, np.ndarray]) -> str:
         inputs = {
             "reader": [self.reader.name, self.reader.version], "params": dict(self.entry.params),

@@ -85,6 +85,11 @@ class Dataset(ABC):
     def prepare(self, fold: Fold, protocol: str = "strict", progress: ProgressFn | None = None) -> PreparedFold:
         """Load and preprocess the fold's slides in the protocol's expression space."""
 
+    def image_of(self, slide_id: str) -> tuple[str, float] | None:
+        """Optional: the slide's tissue image file and the factor mapping full-resolution spot
+        coordinates onto it; figures and exports draw on it. ``None``: draw on the patches."""
+        return None
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "slides": list(self.slides), "query": list(self.query_slides),
                 "split": self.default_split}

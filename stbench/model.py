@@ -62,6 +62,14 @@ class Model(ABC):
     def predict(self, slide: SlidePatches) -> np.ndarray:
         """(n_spots, n_genes) predictions for a query slide, rows in the slide's spot order."""
 
+    def embed(self, slide: SlidePatches) -> np.ndarray:
+        """Optional: (n_spots, d) image embeddings of a slide, for UMAP figures of reference vs query."""
+        raise NotImplementedError(f"model '{self.name}' does not embed images")
+
+    @classmethod
+    def supports_embeddings(cls) -> bool:
+        return cls.embed is not Model.embed
+
     def save(self, path: str | Path) -> None:
         raise NotImplementedError(f"model '{self.name}' does not save checkpoints")
 

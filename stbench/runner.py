@@ -15,6 +15,7 @@ from .errors import DataError, StbenchError
 from .evaluation import score_slide, summarise
 from .options import build_options, changed_options, options_dict
 from .plugins import Plugins
+from .predictions import SlidePredictions, predictions_path, write_predictions
 from .results import RunResult, config_hash, environment, result_path
 
 Progress = Callable[..., None]
@@ -46,6 +47,7 @@ class RunRequest:
     seed: int = 0
     options: tuple[str, ...] = ()
     device: str = "auto"
+    save_predictions: bool = True
 
 
 def _check_prediction(pred: Any, n_spots: int, n_genes: int, model: str, slide: str) -> np.ndarray:
@@ -83,6 +85,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     report = progress or (lambda *a, **k: None)
     started = time.perf_counter()
     fold_records: list[dict[str, Any]] = []
+    saved: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="stbench-") as scratch:
         for i, fold in enumerate(p["folds"]):
             report("folds", i, len(p["folds"]), fold=fold.name)
@@ -105,6 +108,9 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
                                "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
                 record.update(getattr(model, "fold_extra", lambda: {})())
                 fold_records.append(record)
+                if out_dir is not None and req.save_predictions:
+                    saved.append(slide_predictions(p["dataset"], model, fold.name, query, prepared,
+                                                   prepared.truth[query.slide_id], pred, req.seed))
         report("folds", len(p["folds"]), len(p["folds"]))
     cls = p["model_cls"]
     origin = plugins.models.origin(req.model)
@@ -120,8 +126,41 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if saved:
+        write_predictions(predictions_path(target), saved,
+                          {"model": req.model, "dataset": req.dataset, "protocol": req.protocol,
+                           "config_hash": p["hash"], "label": result.label})
     path = result.save(target) if out_dir is not None else None
     return result, path
+
+
+MAX_REFERENCE_EMBEDDINGS = 2000
+
+
+def slide_predictions(dataset: Any, model: Any, fold: str, query: Any, prepared: Any, true: np.ndarray,
+                      pred: np.ndarray, seed: int) -> SlidePredictions:
+    """What the predictions file keeps of one query slide: truth, prediction, a thumbnail of the
+    tissue and, for models that embed images, query and (up to 2,000 sampled) reference embeddings."""
+    from .thumbnail import patch_mosaic, spot_spacing, tissue_thumbnail
+
+    image = dataset.image_of(query.slide_id)
+    thumb, scale = tissue_thumbnail(*image) if image is not None else patch_mosaic(query.coords, query.images)
+    embeddings, slides = {}, {}
+    if type(model).supports_embeddings():
+        rng = np.random.default_rng(seed)
+        ref_parts, ref_slides = [], []
+        total = sum(len(s) for s in prepared.train)
+        for s in prepared.train:
+            n = len(s) if total <= MAX_REFERENCE_EMBEDDINGS else int(round(len(s) * MAX_REFERENCE_EMBEDDINGS / total))
+            rows = np.sort(rng.choice(len(s), size=min(n, len(s)), replace=False))
+            ref_parts.append(np.asarray(model.embed(s.subset(rows) if len(rows) < len(s) else s)))
+            ref_slides += [s.slide_id] * len(rows)
+        embeddings = {"reference": np.concatenate(ref_parts), "query": np.asarray(model.embed(query))}
+        slides = {"reference": np.asarray(ref_slides), "query": np.asarray([query.slide_id] * len(query))}
+    return SlidePredictions(fold=fold, query=query.slide_id, genes=list(prepared.genes), barcodes=query.barcodes,
+                            coords=query.coords, true=true, pred=pred, thumbnail=thumb, thumbnail_scale=scale,
+                            spot_diameter_px=0.55 * spot_spacing(query.coords),
+                            embeddings=embeddings, embedding_slides=slides)
 
 
 def _check_writable(folder: Path) -> None:

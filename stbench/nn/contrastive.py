@@ -188,6 +188,9 @@ class ContrastiveModel(Model):
         return np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
                                                method=self.opts.aggregation), dtype=np.float32)
 
+    def embed(self, slide: SlidePatches) -> np.ndarray:
+        return self.embed_images(slide, salt=20_000)
+
     def fold_extra(self) -> dict[str, Any]:
         return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
 

@@ -1,0 +1,115 @@
+"""The predictions file written beside a results file: what figures and exports are made from.
+
+``<results stem>.predictions.h5`` holds, per query slide of every fold, the genes, barcodes,
+full-resolution spot centres, the true and predicted expression (float32), a JPEG thumbnail of the
+tissue with its scale factor, and (for models that can embed images) image embeddings of the
+reference and query spots. The results JSON stays small and is what the leaderboard reads; this
+file is large, optional (``--no-predictions``) and not needed by ``stbench leaderboard``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import ResultsError
+
+SCHEMA = "stbench.predictions/1"
+SUFFIX = ".predictions.h5"
+
+
+@dataclass
+class SlidePredictions:
+    fold: str
+    query: str
+    genes: list[str]
+    barcodes: np.ndarray
+    coords: np.ndarray
+    true: np.ndarray
+    pred: np.ndarray
+    thumbnail: np.ndarray | None = None
+    thumbnail_scale: float = 1.0
+    spot_diameter_px: float = 1.0
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    embedding_slides: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def predictions_path(results_path: str | os.PathLike) -> Path:
+    p = Path(results_path)
+    return p.with_name(p.name[: -len(".json")] + SUFFIX if p.name.endswith(".json") else p.name + SUFFIX)
+
+
+def _strings(values: Sequence[Any]) -> np.ndarray:
+    import h5py
+
+    return np.asarray([str(v) for v in values], dtype=h5py.string_dtype())
+
+
+def write_predictions(path: str | os.PathLike, slides: Sequence[SlidePredictions], meta: Mapping[str, Any]) -> Path:
+    import json
+
+    import h5py
+
+    from .thumbnail import encode_jpeg
+
+    path = Path(path)
+    gz = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["schema"] = SCHEMA
+            f.attrs["meta"] = json.dumps(dict(meta), sort_keys=True, default=str)
+            for i, s in enumerate(slides):
+                g = f.create_group(f"slides/{i:03d}")
+                g.attrs.update({"fold": s.fold, "query": s.query, "thumbnail_scale": float(s.thumbnail_scale),
+                                "spot_diameter_px": float(s.spot_diameter_px)})
+                g["genes"] = _strings(s.genes)
+                g["barcodes"] = _strings(s.barcodes)
+                g["coords"] = np.asarray(s.coords, dtype=np.float64)
+                g.create_dataset("true", data=np.asarray(s.true, dtype=np.float32), **gz)
+                g.create_dataset("pred", data=np.asarray(s.pred, dtype=np.float32), **gz)
+                if s.thumbnail is not None:
+                    g["thumbnail_jpeg"] = np.frombuffer(encode_jpeg(s.thumbnail), dtype=np.uint8)
+                for name, emb in s.embeddings.items():
+                    g.create_dataset(f"embeddings/{name}", data=np.asarray(emb, dtype=np.float16), **gz)
+                    g[f"embedding_slides/{name}"] = _strings(s.embedding_slides.get(name, [s.query] * len(emb)))
+    return path
+
+
+def load_predictions(path: str | os.PathLike) -> tuple[list[SlidePredictions], dict[str, Any]]:
+    """Every query slide's predictions and the run's metadata; a one-line error if unreadable."""
+    import json
+
+    import h5py
+
+    from .thumbnail import decode_jpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"predictions file {path} does not exist; rerun the run without --no-predictions")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("schema") != SCHEMA:
+                raise ResultsError(f"predictions file {path} has schema {f.attrs.get('schema')!r}, expected {SCHEMA!r}; rerun the run")
+            meta = json.loads(f.attrs["meta"])
+            out = []
+            for key in sorted(f.get("slides", {})):
+                g = f["slides"][key]
+                emb = g.get("embeddings", {})
+                out.append(SlidePredictions(
+                    fold=str(g.attrs["fold"]), query=str(g.attrs["query"]),
+                    genes=[x.decode() for x in g["genes"][()]], barcodes=g["barcodes"].asstr()[()],
+                    coords=g["coords"][()], true=g["true"][()], pred=g["pred"][()],
+                    thumbnail=decode_jpeg(g["thumbnail_jpeg"][()].tobytes()) if "thumbnail_jpeg" in g else None,
+                    thumbnail_scale=float(g.attrs["thumbnail_scale"]), spot_diameter_px=float(g.attrs["spot_diameter_px"]),
+                    embeddings={n: emb[n][()].astype(np.float32) for n in emb},
+                    embedding_slides={n: g["embedding_slides"][n].asstr()[()] for n in emb},
+                ))
+    except ResultsError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise ResultsError(f"predictions file {path} is unreadable ({type(e).__name__}); delete it and rerun the run") from None
+    return out, meta
