@@ -109,3 +109,9 @@ def changed_options(options: Any) -> dict[str, Any]:
     """The fields that differ from the dataclass defaults (the paper settings)."""
     default = options_dict(type(options)())
     return {k: v for k, v in options_dict(options).items() if default.get(k) != v}
+
+
+def profile_changes(model_cls: type, options: Any, profile: str) -> dict[str, Any]:
+    """The fields that differ from the chosen profile (what a run label should name)."""
+    base = options_dict(build_options(model_cls, {"profile": profile})[0])
+    return {k: v for k, v in options_dict(options).items() if base.get(k) != v}

@@ -132,7 +132,8 @@ class RunResult:
     @property
     def label(self) -> str:
         parts = [] if self.profile == "paper" else [f"profile={self.profile}"]
-        parts += [f"{k}={v}" for k, v in sorted(self.changed_options.items())]
+        changes = self.extra.get("profile_changes", self.changed_options)
+        parts += [f"{k}={v}" for k, v in sorted(changes.items())]
         return self.model + (f" ({', '.join(parts)})" if parts else "")
 
     def to_json(self) -> str:
@@ -165,7 +166,7 @@ def load_result(path: str | os.PathLike) -> RunResult:
     missing = sorted(_FIELDS - set(data) - {"extra"})
     if missing:
         raise ResultsError(f"results file {path} lacks {', '.join(missing)}; delete it and rerun the run")
-    return RunResult(**{k: v for k, v in data.items() if k in _FIELDS})
+    return RunResult(**{k: v for k, v in data.items() if k in _FIELDS and not (k == "extra" and v is None)})
 
 
 def find_results(directory: str | os.PathLike) -> list[Path]:

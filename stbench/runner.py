@@ -13,7 +13,7 @@ import numpy as np
 from .dataset import check_protocol
 from .errors import DataError, StbenchError
 from .evaluation import score_slide, summarise
-from .options import build_options, changed_options, options_dict
+from .options import build_options, changed_options, options_dict, profile_changes
 from .plugins import Plugins
 from .predictions import SlidePredictions, predictions_path, write_predictions
 from .results import RunResult, config_hash, environment, result_path
@@ -125,6 +125,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         folds=fold_records, summary=summarise(fold_records), environment=environment(device),
         wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"])},
     )
     if saved:
         write_predictions(predictions_path(target), saved,

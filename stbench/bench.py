@@ -1,0 +1,116 @@
+"""Grid runs: every model x dataset x protocol x seed, resumable.
+
+A run whose results file already exists for the same configuration hash is skipped, so an
+interrupted grid picks up where it stopped; a results file that does not load (truncated, edited,
+old schema) is run again and replaced. Options apply to every model that has them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import OptionError, ResultsError, StbenchError
+from .options import parse_pairs
+from .plugins import Plugins
+from .results import load_result, result_path
+from .runner import RunRequest, plan, run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GridOutcome:
+    request: RunRequest
+    status: str
+    path: Path | None = None
+    reason: str = ""
+
+
+@dataclass
+class GridReport:
+    outcomes: list[GridOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+def _split(names: str | Sequence[str]) -> list[str]:
+    items = names.split(",") if isinstance(names, str) else list(names)
+    return [n.strip() for n in items if n.strip()]
+
+
+def grid_requests(plugins: Plugins, models: str | Sequence[str], datasets: str | Sequence[str],
+                  protocols: Sequence[str] = ("strict",), seeds: int = 1, options: Sequence[str] = (),
+                  profile: str | None = None, folds: str = "default", device: str = "auto",
+                  save_predictions: bool = True) -> list[RunRequest]:
+    """One request per combination. ``profile`` is applied to the models that define it (the
+    others run their defaults); each ``-o key=value`` goes to the models that have that option, and
+    an option no model in the grid has is an error (a typo would otherwise be silently ignored)."""
+    model_names, dataset_names = _split(models), _split(datasets)
+    if not model_names or not dataset_names:
+        raise StbenchError("a grid needs at least one model and one dataset, e.g. --models heclip,mean --datasets synthetic")
+    if seeds < 1:
+        raise StbenchError(f"--seeds must be at least 1, got {seeds}")
+    pairs = parse_pairs(options)
+    classes = {m: plugins.models.get(m) for m in model_names}
+    for d in dataset_names:
+        plugins.datasets.get(d)
+    fields = {m: {f.name for f in dataclasses.fields(c.Options)} for m, c in classes.items()}
+    for key in pairs:
+        if not any(key in f for f in fields.values()):
+            raise OptionError(f"no model in the grid has option '{key}' ({', '.join(model_names)})")
+    requests = []
+    for d in dataset_names:
+        for protocol in protocols:
+            for m, cls in classes.items():
+                opts = [f"profile={profile}"] if profile and profile in (getattr(cls, "profiles", {}) or {}) else []
+                opts += [f"{k}={v}" for k, v in pairs.items() if k in fields[m]]
+                for seed in range(seeds):
+                    requests.append(RunRequest(model=m, dataset=d, folds=folds, protocol=protocol, seed=seed,
+                                               options=tuple(opts), device=device, save_predictions=save_predictions))
+    return requests
+
+
+def completed(plugins: Plugins, req: RunRequest, out_dir: str | Path) -> tuple[Path | None, str]:
+    """(results file, "") if this configuration already ran, else (None, why it must run)."""
+    p = plan(plugins, req)
+    path = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
+    if not path.exists():
+        return None, "not run yet"
+    try:
+        result = load_result(path)
+    except ResultsError as e:
+        return None, f"rerun: {e}"
+    if result.config_hash != p["hash"]:
+        return None, f"rerun: {path} records configuration {result.config_hash}, expected {p['hash']}"
+    return path, ""
+
+
+def run_grid(plugins: Plugins, requests: Sequence[RunRequest], out_dir: str | Path,
+             progress: Callable[..., None] | None = None, keep_going: bool = False) -> GridReport:
+    """Run the requests in order, skipping completed ones. ``progress("grid", i, n, ...)`` reports
+    the whole grid; each run's own progress goes through the same callback."""
+    report_fn = progress or (lambda *a, **k: None)
+    report = GridReport()
+    for i, req in enumerate(requests):
+        what = f"{req.model} on {req.dataset} ({req.protocol}, seed {req.seed})"
+        report_fn("grid", i, len(requests), run=what)
+        path, why = completed(plugins, req, out_dir)
+        if path is not None:
+            report.outcomes.append(GridOutcome(req, "skipped", path, "already done"))
+            continue
+        if why.startswith("rerun"):
+            log.warning("%s: %s", what, why)
+        try:
+            _, path = run(plugins, req, out_dir, progress=progress)
+        except StbenchError as e:
+            if not keep_going:
+                raise StbenchError(f"{what} failed: {e} (completed runs are kept; rerun the same command to resume)") from None
+            report.outcomes.append(GridOutcome(req, "failed", None, str(e)))
+            continue
+        report.outcomes.append(GridOutcome(req, "ran", path, why))
+    report_fn("grid", len(requests), len(requests))
+    return report
