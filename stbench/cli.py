@@ -126,7 +126,6 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
     """Run every model x dataset x protocol x seed (skipping runs already in OUT), then render the leaderboard."""
     from .atomic import write_text
     from .bench import grid_requests, run_grid
-    from .leaderboard import render_dir
     from .progress import RichProgress
 
     plugins = _app(ctx).plugins
@@ -145,7 +144,7 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
         console.print(f"{o.status:<8} {r.model} on {r.dataset} ({r.protocol}, seed {r.seed})"
                       + (f": {o.reason}" if o.status == "failed" else f"  {o.path}"))
     target = Path(board) if board else Path(out) / "LEADERBOARD.md"
-    write_text(target, render_dir(out))
+    write_text(target, _render_board(out, target, None))
     console.print(f"{report.count('ran')} ran, {report.count('skipped')} skipped, {report.count('failed')} failed; leaderboard: {target}")
     if report.count("failed"):
         sys.exit(1)
@@ -214,16 +213,17 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.option("--results", "results_dir", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Markdown file [default: RESULTS/LEADERBOARD.md].")
+@click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
+              help="PNG folder to link [default: figures/ beside the markdown, if present].")
 @click.option("--check", is_flag=True, help="Exit 1 if the markdown differs from what the results give.")
-def leaderboard(results_dir: str, out: str | None, check: bool) -> None:
+def leaderboard(results_dir: str, out: str | None, figures_dir: str | None, check: bool) -> None:
     """Render the markdown leaderboard from results files."""
     from .atomic import write_text
-    from .leaderboard import render_dir
 
     if not Path(results_dir).is_dir():
         raise StbenchError(f"results folder {results_dir} does not exist; run `stbench run` or pass --results")
     target = Path(out) if out else Path(results_dir) / "LEADERBOARD.md"
-    text = render_dir(results_dir)
+    text = _render_board(results_dir, target, figures_dir)
     if check:
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current != text:
@@ -233,6 +233,42 @@ def leaderboard(results_dir: str, out: str | None, check: bool) -> None:
         return
     write_text(target, text)
     click.echo(f"wrote {target}")
+
+
+def _render_board(results_dir: str | Path, target: Path, figures_dir: str | None) -> str:
+    from .leaderboard import render_dir
+
+    return render_dir(results_dir, figures_dir or target.parent / "figures", relative_to=target.parent)
+
+
+def _results_files(paths: tuple[str, ...]) -> list[Path]:
+    from .results import find_results
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += find_results(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise StbenchError(f"{p} is neither a results file nor a folder; pass files written by `stbench run`")
+    if not files:
+        raise StbenchError(f"no results files in {', '.join(paths)}; run `stbench run` first")
+    return files
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
+@click.option("--format", "formats", default="csv,h5ad", show_default=True, help="Comma list of csv, csv.gz, parquet, h5ad.")
+def export(results: tuple[str, ...], out: str, formats: str) -> None:
+    """Export runs for other tools: the HEtoSGEBench long table, per-gene metrics and AnnData (.h5ad)."""
+    from .export import export_run
+
+    chosen = [f.strip() for f in formats.split(",") if f.strip()]
+    for path in _results_files(results):
+        for written in export_run(path, out, chosen):
+            click.echo(f"wrote {written}")
 
 
 def _catalog_dataset(ctx: click.Context, name: str) -> Any:
@@ -247,7 +283,7 @@ def _catalog_dataset(ctx: click.Context, name: str) -> Any:
 
 @cli.command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("--mirror", default=None, help="Folder or URL replacing the upstream base URL [env: STBENCH_MIRROR].")
+@click.option("--mirror", default=None, help="Folder or URL laid out like the dataset folder, replacing upstream [env: STBENCH_MIRROR].")
 @click.pass_context
 def fetch(ctx: click.Context, names: tuple[str, ...], mirror: str | None) -> None:
     """Download the source files of datasets into the data root (STBENCH_DATA), verified."""
@@ -257,8 +293,11 @@ def fetch(ctx: click.Context, names: tuple[str, ...], mirror: str | None) -> Non
     console = _console()
     for name in names:
         dataset = _catalog_dataset(ctx, name)
+        notes: list[str] = []
         with RichProgress(console) as progress:
-            paths = fetch_dataset(dataset.entry, mirror=mirror, progress=progress)
+            paths = fetch_dataset(dataset.entry, mirror=mirror, progress=progress, notify=notes.append)
+        for note in notes:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
         console.print(f"{name}: {len(paths)} file(s) in {dataset_folder(dataset.entry)}")
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,34 +55,42 @@ def patch_ids(slide: SlidePredictions) -> np.ndarray:
     return np.char.add(np.char.add(np.char.add(f"{slide.query}_", xy[:, 0]), "x"), xy[:, 1])
 
 
-def _slide_long(slide: SlidePredictions, mid: str, patch_id: str) -> pd.DataFrame:
-    n, g = np.shape(slide.true)
-    patches = np.asarray(slide.barcodes).astype(str) if patch_id == "barcode" else patch_ids(slide)
-    return pd.DataFrame({
-        "img_id": np.full(n * g, slide.query, dtype=object),
-        "model_id": np.full(n * g, mid, dtype=object),
-        "pred_type": np.full(n * g, PRED_TYPE, dtype=object),
-        "train_fold": np.full(n * g, slide.fold, dtype=object),
-        "gene": np.tile(np.asarray(slide.genes, dtype=object), n),
-        "exprs": np.asarray(slide.true, dtype=np.float32).ravel(),
-        "pred": np.asarray(slide.pred, dtype=np.float32).ravel(),
-        "patch_id": np.repeat(patches.astype(object), g),
-    }, columns=LONG_COLUMNS)
+def _categorical(parts: Sequence[np.ndarray], expand: Callable[[np.ndarray, int], np.ndarray], counts: Sequence[int]) -> pd.Categorical:
+    """One column from per-slide values: slide i's codes go through ``expand(codes, counts[i])``."""
+    codes, categories = pd.factorize(np.concatenate(parts))
+    split = np.split(codes.astype(np.int32), np.cumsum([len(p) for p in parts])[:-1])
+    return pd.Categorical.from_codes(np.concatenate([expand(c, k) for c, k in zip(split, counts)]),
+                                     categories=pd.Index(categories, dtype=object))
+
+
+def _constant(value: str, n: int) -> pd.Categorical:
+    return pd.Categorical.from_codes(np.zeros(n, np.int8), categories=pd.Index([value], dtype=object))
 
 
 def long_table(result: RunResult, slides: Sequence[SlidePredictions],
                patch_id: Literal["coords", "barcode"] = "coords") -> pd.DataFrame:
-    """One row per (query spot, gene), spot-major in each slide's order.
+    """One row per (query spot, gene), spot-major in each slide's order. Text columns are
+    categorical so that tables of tens of millions of rows stay small.
 
     ``patch_id="barcode"`` uses spot barcodes instead of ``<img_id>_<x>x<y>``; HEtoSGEBench's R
     pipeline cannot parse those."""
     if patch_id not in ("coords", "barcode"):
         raise StbenchError(f"unknown patch_id style '{patch_id}'; use coords or barcode")
-    mid = model_id(result)
-    frames = [_slide_long(s, mid, patch_id) for s in slides]
-    if not frames:
+    if not slides:
         return pd.DataFrame({c: pd.Series(dtype=np.float32 if c in ("exprs", "pred") else object) for c in LONG_COLUMNS})
-    return pd.concat(frames, ignore_index=True)
+    spots, genes = zip(*(np.shape(s.true) for s in slides))
+    rows = [n * g for n, g in zip(spots, genes)]
+    patches = [np.asarray(s.barcodes).astype(str) if patch_id == "barcode" else patch_ids(s) for s in slides]
+    return pd.DataFrame({
+        "img_id": _categorical([np.asarray([s.query], dtype=object) for s in slides], np.repeat, rows),
+        "model_id": _constant(model_id(result), sum(rows)),
+        "pred_type": _constant(PRED_TYPE, sum(rows)),
+        "train_fold": _categorical([np.asarray([s.fold], dtype=object) for s in slides], np.repeat, rows),
+        "gene": _categorical([np.asarray(s.genes, dtype=object) for s in slides], np.tile, spots),
+        "exprs": np.concatenate([np.asarray(s.true, dtype=np.float32).ravel() for s in slides]),
+        "pred": np.concatenate([np.asarray(s.pred, dtype=np.float32).ravel() for s in slides]),
+        "patch_id": _categorical([p.astype(object) for p in patches], np.repeat, genes),
+    }, columns=LONG_COLUMNS)
 
 
 def per_gene_table(result: RunResult) -> pd.DataFrame:
@@ -138,26 +147,22 @@ def _spatial(slide: SlidePredictions) -> dict[str, object]:
 def to_anndata(slide: SlidePredictions, result: RunResult | None = None) -> "anndata.AnnData":
     """Query spots x genes: X and layer ``true`` hold the truth, layer ``pred`` the prediction."""
     import anndata
+    from anndata.utils import make_index_unique
 
     true = np.asarray(slide.true, dtype=np.float32)
     obs = pd.DataFrame({"slide": slide.query, "fold": slide.fold},
-                       index=pd.Index(np.asarray(slide.barcodes).astype(str), dtype=object))
-    var = pd.DataFrame(index=pd.Index(list(slide.genes), dtype=object))
+                       index=make_index_unique(pd.Index(np.asarray(slide.barcodes).astype(str), dtype=object)))
+    var = pd.DataFrame(index=make_index_unique(pd.Index(list(slide.genes), dtype=object)))
     i = _fold_index(result, slide.fold, slide.query) if result is not None else None
     if i is not None and result.genes(i) == list(slide.genes):
         for m in _per_gene_metrics(result, i):
             var[m] = result.per_gene(i, m)
-    adata = anndata.AnnData(
+    return anndata.AnnData(
         X=true.copy(), obs=obs, var=var,
         layers={"true": true, "pred": np.asarray(slide.pred, dtype=np.float32)},
         obsm={"spatial": np.asarray(slide.coords, dtype=np.float64)},
         uns={"spatial": {slide.query: _spatial(slide)}, "stbench": _uns_stbench(slide, result)},
     )
-    if not adata.obs_names.is_unique:
-        adata.obs_names_make_unique()
-    if not adata.var_names.is_unique:
-        adata.var_names_make_unique()
-    return adata
 
 
 def write_h5ad(adata: "anndata.AnnData", path: str | os.PathLike) -> Path:
@@ -182,8 +187,6 @@ def export_run(results_path: str | os.PathLike, out_dir: str | os.PathLike,
     formats = _check_formats(formats)
     result = load_result(results_path)
     pred_file = predictions_path(results_path)
-    if not pred_file.is_file():
-        raise ResultsError(f"predictions file {pred_file} does not exist; rerun the run without --no-predictions")
     slides, meta = load_predictions(pred_file)
     if meta.get("config_hash", result.config_hash) != result.config_hash:
         raise ResultsError(f"predictions file {pred_file} belongs to config {meta.get('config_hash')}, "
@@ -196,11 +199,12 @@ def export_run(results_path: str | os.PathLike, out_dir: str | os.PathLike,
         for fmt in tables:
             written += [write_table(long, out / f"{mid}.long.{fmt}"), write_table(per_gene, out / f"{mid}.per_gene.{fmt}")]
     if "h5ad" in formats:
-        written += [write_h5ad(to_anndata(s, result), out / f"{mid}.{name}.h5ad") for s, name in zip(slides, _slide_names(slides))]
+        names = _slide_names(slides)
+        written += [write_h5ad(to_anndata(s, result), out / f"{mid}.{name}.h5ad") for s, name in zip(slides, names)]
     return written
 
 
 def _slide_names(slides: Sequence[SlidePredictions]) -> list[str]:
     """The query id, or fold and query where a slide is the query of more than one fold."""
-    queries = [s.query for s in slides]
-    return [_safe(s.query if queries.count(s.query) == 1 else f"{s.fold}.{s.query}") for s in slides]
+    times = Counter(s.query for s in slides)
+    return [_safe(s.query if times[s.query] == 1 else f"{s.fold}.{s.query}") for s in slides]

@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import numpy as np
 
 from stbench.leaderboard import render, render_dir
 from stbench.plugins import get_plugin_manager
@@ -78,7 +81,7 @@ def test_statistics_columns_against_the_first_row(results_dir):
     results = [load_result(p) for p in sorted(results_dir.rglob("*.json"))]
     for r in results:
         r.baseline = False
-    text = render(results)
+    text = render(results).split("What these results show")[0]
     assert "Pearson median 95% CI | p vs best |" in text
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| random-k")}
     top_label = next(l for l in text.splitlines() if l.endswith("| best | 2 |")).split(" | ")[0][2:]
@@ -90,3 +93,97 @@ def test_statistics_columns_against_the_first_row(results_dir):
     assert f"[{lo:.3f}, {hi:.3f}] | {p:.1e} |" in rows[other.label]
     mean_row = next(l for l in text.splitlines() if l.startswith("| mean |"))
     assert mean_row.endswith("| n/a | n/a | 2 |")
+
+
+def _as(result, model, baseline=False, seed=None):
+    import copy
+
+    r = copy.deepcopy(result)
+    r.model, r.baseline = model, baseline
+    if seed is not None:
+        r.seed = seed
+    return r
+
+
+@pytest.fixture(scope="module")
+def loaded(results_dir):
+    results = {r.label: r for r in (load_result(p) for p in sorted(results_dir.rglob("*.json")))}
+    return results["random-k"], results["random-k (k=5)"], results["mean"]
+
+
+def test_ablation_table_compares_variants_with_the_reference(loaded):
+    from stbench.stats import paired_wilcoxon
+
+    rk, rk5, mean = loaded
+    text = render([_as(rk, "random-k"), _as(rk5, "random-k"), mean])
+    assert "Ablations of `random-k` (reference: random-k):" in text
+    lines = text.split("Ablations of")[1].splitlines()
+    ref = next(l for l in lines if l.startswith("| random-k |"))
+    assert ref.endswith("| — | reference |")
+    test = paired_wilcoxon(np.concatenate([rk5.per_gene(i, "pearson") for i in range(2)]),
+                           np.concatenate([rk.per_gene(i, "pearson") for i in range(2)]))
+    k5 = next(l for l in lines if l.startswith("| random-k (k=5) |"))
+    assert k5.endswith(f"| {test.median_difference:+.3f} | {test.p_value:.1e} |")
+    assert "Ablations of" not in render([rk, mean])
+
+
+def test_findings_state_the_papers_claims_with_p_values(loaded):
+    from stbench.stats import paired_wilcoxon
+
+    rk, rk5, mean = loaded
+    heclip, bleep = _as(rk5, "heclip"), _as(rk, "bleep")
+    text = render([heclip, bleep, rk, mean])
+    pa = np.concatenate([rk5.per_gene(i, "pearson") for i in range(2)])
+    pb = np.concatenate([rk.per_gene(i, "pearson") for i in range(2)])
+    test = paired_wilcoxon(pa, pb)
+    line = next(l for l in text.splitlines() if l.startswith("- The paper's claim that heclip beats bleep"))
+    assert f"median per-gene difference {test.median_difference:+.3f}, paired Wilcoxon p = {test.p_value:.1e}" in line
+    expected = ("holds here" if test.p_value < 0.05 and test.median_difference > 0 else
+                "does not hold here" if test.p_value < 0.05 else "is not supported here")
+    assert expected in line
+    assert "heclip beats clip" not in text
+    assert "- Above the random-k baseline" in text
+
+
+def test_seeds_are_pooled_into_one_row(loaded):
+    from stbench.evaluation import summarise
+
+    rk, rk5, mean = loaded
+    seed1 = _as(rk5, "random-k", baseline=True, seed=1)
+    seed1.changed_options, seed1.extra = rk.changed_options, dict(rk.extra)
+    text = render([rk, seed1, mean]).split("What these results show")[0]
+    row = next(l for l in text.splitlines() if l.startswith("| random-k *baseline*"))
+    s = summarise(rk.folds + seed1.folds)["ssim"]
+    assert f"{s['median']:.3f} ± {s['median_sd']:.3f} | {s['mean']:.3f} ± {s['sd']:.3f}" in row
+    assert row.endswith("| 2 × 2 seeds |")
+
+
+def test_hit_table_puts_datasets_side_by_side(loaded):
+    rk, _, mean = loaded
+    other = _as(rk, "random-k", baseline=True)
+    other.dataset = "synthetic_b"
+    text = render([rk, mean, other]).split("## Hit@T")[1]
+    assert "| Model | synthetic Hit@1 | synthetic Hit@2 | synthetic Hit@3 | synthetic_b Hit@1 |" in text
+    mean_row = next(l for l in text.splitlines() if l.startswith("| mean *baseline*"))
+    assert mean_row.endswith("| — | — | — |")
+
+
+def test_figures_beside_the_markdown_are_linked(cli, results_dir, tmp_path):
+    figs = tmp_path / "figures"
+    figs.mkdir()
+    (figs / "synthetic.strict.boxplot.png").write_bytes(b"png")
+    (figs / "other.strict.boxplot.png").write_bytes(b"png")
+    out = tmp_path / "README.md"
+    assert cli("leaderboard", "--results", str(results_dir), "--out", str(out)).exit_code == 0
+    text = out.read_text()
+    assert "Figures: [boxplot](figures/synthetic.strict.boxplot.png)" in text
+    assert "other.strict" not in text
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+def test_golden_leaderboard():
+    """Same results files, same markdown. After an intended change of the layout, regenerate with
+    `stbench leaderboard --results tests/data/golden/results --out tests/data/golden/LEADERBOARD.md`."""
+    assert render_dir(GOLDEN / "results") == (GOLDEN / "LEADERBOARD.md").read_text(encoding="utf-8")
