@@ -74,10 +74,36 @@ _FIELDS: dict[str, tuple[Any, str, bool]] = {
     "license": (lambda v: isinstance(v, str), "a string", False),
     "base_url": (lambda v: isinstance(v, str) and v.endswith("/"), "a URL ending in /", False),
     "sources": (lambda v: isinstance(v, list) and all(isinstance(x, dict) and isinstance(x.get("path"), str) for x in v),
-                "a list of tables {path, sha256, size, url}", False),
+                "a list of tables {path, url, sha256, size, gunzip}", False),
     "params": (lambda v: isinstance(v, dict), "a table", False),
     "expected_spots": (_table_of(int), "a table slide -> integer", False),
 }
+
+
+_SOURCE_KEYS: dict[str, tuple[Any, str]] = {
+    "path": (lambda v: isinstance(v, str) and v and not v.startswith("/") and ".." not in v.split("/"),
+             "a relative path inside the dataset folder"),
+    "url": (lambda v: isinstance(v, str) and v != "", "a URL, absolute or relative to base_url"),
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+               "64 lowercase hex digits"),
+    "size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a byte count"),
+    "gunzip": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _check_source(src: Mapping[str, Any], where: str, has_base_url: bool) -> None:
+    """A source is ``{path, url?, sha256?, size?, gunzip?}``: ``path`` is where the file lies in the dataset
+    folder (and in a mirror); ``url`` absolute or relative to ``base_url`` (default ``base_url + path``);
+    ``sha256``/``size`` describe the stored file (decompressed when ``gunzip``)."""
+    unknown = set(src) - set(_SOURCE_KEYS)
+    if unknown:
+        raise CatalogError(f"{where} source '{src['path']}' has unknown key(s) {', '.join(sorted(unknown))}"
+                           f"{did_you_mean(sorted(unknown)[0], _SOURCE_KEYS)}")
+    for key, (ok, expected) in _SOURCE_KEYS.items():
+        if key in src and not ok(src[key]):
+            raise CatalogError(f"{where} source '{src['path']}' key '{key}' must be {expected}, got {src[key]!r}")
+    if not has_base_url and "://" not in src.get("url", ""):
+        raise CatalogError(f"{where} source '{src['path']}' needs an absolute 'url' or the entry a 'base_url'")
 
 
 def parse_entry(name: str, raw: Any, source: str) -> DatasetEntry:
@@ -108,12 +134,12 @@ def parse_entry(name: str, raw: Any, source: str) -> DatasetEntry:
     patients = raw.get("patients", {})
     if raw.get("split") == "patients" and set(patients) != set(slides):
         raise CatalogError(f"{where} uses split = \"patients\" but 'patients' does not cover every slide")
+    paths = [src["path"] for src in raw.get("sources", [])]
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise CatalogError(f"{where} lists source '{dup}' more than once")
     for src in raw.get("sources", []):
-        unknown = set(src) - {"path", "url", "sha256", "size", "gunzip"}
-        if unknown:
-            raise CatalogError(f"{where} source '{src['path']}' has unknown key(s) {', '.join(sorted(unknown))}")
-        if "url" not in src and "base_url" not in raw:
-            raise CatalogError(f"{where} source '{src['path']}' needs a 'url' or the entry a 'base_url'")
+        _check_source(src, where, "base_url" in raw)
     values = {k: v for k, v in raw.items() if k in _FIELDS}
     for k in ("slides", "query"):
         values[k] = tuple(values[k])

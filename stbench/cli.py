@@ -271,6 +271,32 @@ def export(results: tuple[str, ...], out: str, formats: str) -> None:
             click.echo(f"wrote {written}")
 
 
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
+@click.option("--kind", "kinds", default="box,loss,umap,spatial", show_default=True,
+              help="Comma list: box (per-gene RMSE/SSIM), loss (training curves), umap (embeddings), spatial (maps).")
+@click.option("--dataset", default=None, help="Only this dataset (results folders).")
+@click.option("--protocol", default=None, type=click.Choice(["strict", "paper"]), help="Only this protocol (results folders).")
+def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, protocol: str | None) -> None:
+    """Figures for results files or folders: box plots, loss curves, UMAPs and spatial maps (PNG)."""
+    from .figures import plot_dir, plot_run
+
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    written = []
+    for item in map(Path, results):
+        if item.is_dir():
+            written += plot_dir(item, out, dataset=dataset, protocol=protocol, kinds=chosen)
+        elif item.is_file():
+            written += plot_run(item, out, kinds=chosen)
+        else:
+            raise StbenchError(f"{item} is neither a results file nor a folder; pass files written by `stbench run`")
+    for path in written:
+        click.echo(f"wrote {path}")
+    if not written:
+        click.echo("no figures: the results hold no per-gene values, histories or predictions files for these kinds", err=True)
+
+
 def _catalog_dataset(ctx: click.Context, name: str) -> Any:
     from .catalog_dataset import CatalogDataset
 

@@ -50,6 +50,7 @@ class DownloadLock:
         return self._load().get(path)
 
     def record(self, path: str, sha256: str, size: int, url: str) -> None:
+        self._files = None  # re-read: another fetch may have recorded files meanwhile
         files = self._load()
         files[path] = {"sha256": sha256, "size": size, "url": url,
                        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -13,7 +13,8 @@ deletes the partial file, so nothing a later run trusts is ever half-written.
   ``path`` names the decompressed file; uncompressed bytes (a mirror holding a fetched copy) are kept as
   they are. ``size`` and ``sha256`` always describe the file on disk, i.e. the decompressed result, so a
   dataset folder can be checked without the download. A gzip download that is cut restarts from the
-  beginning (a decompressor cannot resume mid-stream); one that ends early is an error.
+  beginning (a decompressor cannot resume mid-stream); a gzip stream that ends early (damaged
+  upstream file) is an error and nothing is kept.
 - Checksums: the catalogue's ``sha256``/``size``; where it gives no ``sha256``, the first download
   records sha256 and size in ``<dataset folder>/stbench-lock.json`` and later fetches verify against it.
 - Failures are one line naming the file and the fix: network (after retries; suggests ``--mirror``),
@@ -107,7 +108,7 @@ def _copy_local(location: str, part: Path, label: str, progress: Callable[..., N
             sink.write(block)
             done += len(block)
             if progress:
-                progress(label, done, total)
+                progress(label, done, total, unit="bytes")
 
 
 def _download(location: str, part: Path, label: str, progress: Callable[..., None] | None, timeout: float,
@@ -153,7 +154,7 @@ def _download(location: str, part: Path, label: str, progress: Callable[..., Non
                 sink.write(block)
                 done += len(block)
                 if progress:
-                    progress(label, done, total)
+                    progress(label, done, total, unit="bytes")
             if total is not None and done < total:
                 raise _Transient(f"connection closed after {done} of {total} bytes")
             return sink.finish()

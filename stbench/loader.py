@@ -1,13 +1,21 @@
-"""Training loader over cached patches: uint8 tensors, paired augmentation, worker processes, seeded.
+"""Training loader over cached patches: uint8 tensors, paired augmentation, seeded.
 
 Augmentation is the papers': random horizontal and vertical flips and a rotation by a multiple of 90
-degrees, applied to uint8 tensors (no resampling, no interpolation). Each item's random draw depends
-only on (seed, epoch, item index, view), so results do not depend on the number of workers.
+degrees, applied to uint8 arrays (no resampling, no interpolation). Each item's random draw depends
+only on (seed, epoch, item index, view), so results do not depend on the number or kind of workers.
+
+:func:`make_loader` builds whole batches at once (:meth:`PatchDataset.batch`: one gather per slide,
+one copy per flip/rotation group) in worker *threads*: the copies release the GIL, and a batch never
+crosses a process boundary (moving 25 MB batches between worker processes was the bottleneck on
+small machines; see benchmarks/RESULTS.md). ``backend="processes"`` gives torch's DataLoader with
+per-item worker processes instead.
 """
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,6 +59,7 @@ class PatchDataset:
         self.slides = list(slides)
         self.memory_mb = memory_mb
         self._in_memory: dict[int, np.ndarray] = {}
+        self._memory_lock = threading.Lock()
         self.augment, self.views, self.seed = augment, views, seed
         self._epoch = multiprocessing.RawValue("q", 0)  # shared with (persistent) worker processes
         sizes = [len(s) for s in self.slides]
@@ -69,7 +78,7 @@ class PatchDataset:
         self._epoch.value = epoch
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {**self.__dict__, "_in_memory": {}}
+        state = {**self.__dict__, "_in_memory": {}, "_memory_lock": None}
         if multiprocessing.context.get_spawning_popen() is None:  # a plain copy, not a worker start
             state["_epoch"] = int(self._epoch.value)
         return state
@@ -77,21 +86,37 @@ class PatchDataset:
     def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state["_epoch"], int):
             state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        state["_memory_lock"] = threading.Lock()
         self.__dict__.update(state)
 
     def _patch(self, s: int, row: int) -> np.ndarray:
         """One patch; a slide whose patches fit in this process's ``memory_mb`` budget is read whole
         on first use and served from memory afterwards (each worker keeps its own copy)."""
+        whole = self._whole_slide(s)
+        return whole[row] if whole is not None else np.asarray(self.slides[s].images[row], dtype=np.uint8)
+
+    def _whole_slide(self, s: int) -> np.ndarray | None:
         cached = self._in_memory.get(s)
         if cached is not None:
-            return cached[row]
-        images = self.slides[s].images
-        size_mb = np.prod(images.shape, dtype=np.float64) / 2**20
-        used_mb = sum(a.nbytes for a in self._in_memory.values()) / 2**20
-        if used_mb + size_mb <= self.memory_mb:
-            self._in_memory[s] = np.asarray(images, dtype=np.uint8)
-            return self._in_memory[s][row]
-        return np.asarray(images[row], dtype=np.uint8)
+            return cached
+        with self._memory_lock:
+            if s not in self._in_memory:
+                images = self.slides[s].images
+                size_mb = np.prod(images.shape, dtype=np.float64) / 2**20
+                used_mb = sum(a.nbytes for a in self._in_memory.values()) / 2**20
+                if used_mb + size_mb > self.memory_mb:
+                    return None
+                self._in_memory[s] = np.asarray(images, dtype=np.uint8)
+            return self._in_memory[s]
+
+    def _rows(self, s: int, rows: np.ndarray) -> np.ndarray:
+        whole = self._whole_slide(s)
+        if whole is not None:
+            return whole[rows]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.slides[s].images.shape[1:]), dtype=np.uint8)
+        out[order] = np.asarray(self.slides[s].images[rows[order]], dtype=np.uint8)
+        return out
 
     def __len__(self) -> int:
         return len(self.slide_of)
@@ -112,6 +137,92 @@ class PatchDataset:
         return images, target, i
 
 
+    def batch(self, indices: Sequence[int]) -> tuple[Any, Any, Any]:
+        """Items ``indices`` collated: equal to stacking ``self[i]``, built a whole batch at a time."""
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        slide_of, row_of = self.slide_of[idx], self.row_of[idx]
+        shape = self.slides[0].images.shape[1:] if self.slides else (0, 0, 3)
+        h, w, c = (int(v) for v in shape)
+        images = np.empty((len(idx), self.views, c, h, w), dtype=np.uint8)
+        first = self.slides[0].expression if self.slides else None
+        expr = np.empty((len(idx), first.shape[1]), np.float32) if first is not None else None
+        codes = self._codes(idx)
+        for s in np.unique(slide_of):
+            at = np.nonzero(slide_of == s)[0]
+            patches = self._rows(int(s), row_of[at])
+            if expr is not None:
+                expr[at] = self.slides[s].expression[row_of[at]]
+            for v in range(self.views):
+                for code in np.unique(codes[at, v]):
+                    sel = codes[at, v] == code
+                    images[at[sel], v] = _dihedral(patches[sel], int(code)).transpose(0, 3, 1, 2)
+        out = torch.from_numpy(images if self.views > 1 else images[:, 0])
+        target = torch.from_numpy(expr) if expr is not None else torch.empty((len(idx), 0))
+        return out, target, torch.from_numpy(idx)
+
+    def _codes(self, idx: np.ndarray) -> np.ndarray:
+        """(n, views) augmentation codes hflip + 2 vflip + 4 k (0 without augmentation)."""
+        codes = np.zeros((len(idx), self.views), dtype=np.int64)
+        if self.augment:
+            epoch = self.epoch
+            for j, i in enumerate(idx):
+                for v in range(self.views):
+                    hf, vf, k = augment_params(self.seed, epoch, int(i), v)
+                    codes[j, v] = hf + 2 * vf + 4 * k
+        return codes
+
+
+def _dihedral(batch: np.ndarray, code: int) -> np.ndarray:
+    """:func:`augment` on an (N, H, W, C) batch, as a view."""
+    if code & 1:
+        batch = batch[:, :, ::-1]
+    if code & 2:
+        batch = batch[:, ::-1]
+    k = code >> 2
+    return np.rot90(batch, k, axes=(1, 2)) if k else batch
+
+
+class BatchLoader:
+    """Iterates ``(images, expression, index)`` batches of a :class:`PatchDataset`, built by
+    ``workers`` threads ahead of the consumer (0: in the calling thread). The shuffle order comes
+    from (seed, epoch), so it is reproducible and independent of ``workers``."""
+
+    def __init__(self, dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 workers: int = 0, drop_last: bool = False, prefetch: int = 2) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.workers, self.drop_last, self.prefetch = max(0, workers), drop_last, max(1, prefetch)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> list[np.ndarray]:
+        n = len(self.dataset)
+        order = (np.random.default_rng([self.seed, self.dataset.epoch, zlib.crc32(b"shuffle")]).permutation(n)
+                 if self.shuffle else np.arange(n))
+        return [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+
+    def __iter__(self) -> Any:
+        batches = self._batches()
+        if self.workers == 0:
+            for b in batches:
+                yield self.dataset.batch(b)
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="stbench-loader") as pool:
+            ahead = self.workers * self.prefetch
+            pending = [pool.submit(self.dataset.batch, b) for b in batches[:ahead]]
+            for i in range(len(batches)):
+                result = pending[i].result()
+                if i + ahead < len(batches):
+                    pending.append(pool.submit(self.dataset.batch, batches[i + ahead]))
+                pending[i] = None
+                yield result
+
+
 def _worker_init(worker_id: int) -> None:
     import torch
 
@@ -119,7 +230,13 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0,
-                drop_last: bool = False) -> Any:
+                drop_last: bool = False, backend: str = "threads") -> Any:
+    """Batches of ``dataset``: ``threads`` (default, :class:`BatchLoader`) or ``processes`` (torch
+    DataLoader with per-item worker processes)."""
+    if backend == "threads":
+        return BatchLoader(dataset, batch_size, shuffle=shuffle, seed=seed, workers=workers, drop_last=drop_last)
+    if backend != "processes":
+        raise ValueError(f"unknown loader backend '{backend}' (threads or processes)")
     import torch
 
     generator = torch.Generator()

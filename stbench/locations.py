@@ -16,5 +16,6 @@ def data_root() -> Path:
 
 
 def mirror() -> str | None:
-    """A folder or URL that replaces every dataset's ``base_url`` (offline copies, tests)."""
+    """A folder or URL holding every source at its catalogue ``path`` (offline copies, tests); it
+    replaces the upstream URLs of every dataset."""
     return os.environ.get("STBENCH_MIRROR") or None

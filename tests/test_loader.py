@@ -98,3 +98,42 @@ def test_set_epoch_reaches_persistent_workers():
     reference = PatchDataset(fold.train, augment=True, seed=4)
     reference.set_epoch(1)
     assert torch.equal(epochs[1], torch.stack([reference[i][0] for i in range(len(reference))]))
+
+
+def test_batches_equal_the_stacked_items_for_both_backends():
+    fold = tiny_fold()
+    for views in (1, 2):
+        ds = PatchDataset(fold.train, augment=True, views=views, seed=6)
+        ds.set_epoch(3)
+        idx = [5, 0, 61, 7, 33, 60, 2]
+        images, targets, index = ds.batch(idx)
+        items = [ds[i] for i in idx]
+        assert torch.equal(images, torch.stack([it[0] for it in items]))
+        assert torch.equal(targets, torch.stack([it[1] for it in items]))
+        assert index.tolist() == idx
+    threads = [b for b in make_loader(ds, 16, shuffle=False, workers=2)]
+    processes = [b for b in make_loader(ds, 16, shuffle=False, workers=0, backend="processes")]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(threads, processes))
+
+
+def test_threaded_shuffle_is_seeded_by_epoch_and_covers_every_item():
+    fold = tiny_fold()
+    ds = PatchDataset(fold.train, augment=False)
+    loader = make_loader(ds, 10, shuffle=True, seed=2, workers=2)
+    first = torch.cat([b[2] for b in loader])
+    assert sorted(first.tolist()) == list(range(len(ds))) and first.tolist() != list(range(len(ds)))
+    assert torch.equal(first, torch.cat([b[2] for b in make_loader(ds, 10, shuffle=True, seed=2, workers=0)]))
+    ds.set_epoch(1)
+    assert not torch.equal(first, torch.cat([b[2] for b in loader]))
+    dropped = make_loader(ds, 16, shuffle=True, drop_last=True)
+    assert len(dropped) == len(ds) // 16 and all(len(b[0]) == 16 for b in dropped)
+
+
+def test_batches_read_from_the_cache_when_over_the_memory_budget():
+    fold = tiny_fold()
+    direct = PatchDataset(fold.train, augment=True, seed=2, memory_mb=0)
+    cached = PatchDataset(fold.train, augment=True, seed=2)
+    idx = [60, 3, 3, 17]
+    assert torch.equal(direct.batch(idx)[0], cached.batch(idx)[0]) and direct._in_memory == {}
+    query = PatchDataset(fold.queries, augment=False)
+    assert query.batch([0, 1])[1].shape == (2, 0)
