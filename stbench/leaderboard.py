@@ -242,6 +242,43 @@ def render_ablations(rows: Sequence[Row]) -> str:
     return "\n".join(parts)
 
 
+def render_paired_tests(rows: Sequence[Row]) -> str:
+    """Every per-gene metric of every row against the top row: median per-gene difference and the
+    paired Wilcoxon p-value (specs/metrics.md, Statistics)."""
+    from .stats import paired_wilcoxon
+
+    top = next((r for r in rows if not r.baseline), None)
+    metrics = [m for m, meta in _metric_meta(rows).items() if meta.get("per_gene")]
+    if top is None or not metrics or len(rows) < 2:
+        return ""
+    heads = [f"{LABELS.get(m, m)} {'↑' if _metric_meta(rows)[m].get('higher_is_better') else '↓'}" for m in metrics]
+    lines = [f"Paired Wilcoxon tests against {top.label} (median per-gene difference, p):\n",
+             "| Model | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(metrics)]
+    for row in rows:
+        if row is top:
+            continue
+        cells = []
+        for m in metrics:
+            pair = paired(row, top, m)
+            if pair is None:
+                cells.append("n/a")
+                continue
+            test = paired_wilcoxon(*pair)
+            cells.append("n/a" if not _finite(test.median_difference) or math.isnan(test.p_value)
+                         else f"{test.median_difference:+.3f} (p {_p(test.p_value)})")
+        lines.append(f"| {_name(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_meta(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
+    present: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for r in row.runs:
+            for name, meta in r.metrics.items():
+                present.setdefault(name, meta)
+    return {n: present[n] for n in [*[o for o in ORDER if o in present], *sorted(set(present) - set(ORDER))]}
+
+
 def findings(rows: Sequence[Row]) -> str:
     """Plain sentences computed from the rows: the best model, which models beat the random-k
     baseline, and whether the seed paper's claims hold on this board."""
@@ -334,6 +371,23 @@ def render_hits(groups: Mapping[tuple[str, str], Sequence[Row]]) -> str:
     return "\n".join(parts)
 
 
+def command_of(row: Row) -> str:
+    """The ``stbench run`` command that reproduces a row (one seed shown)."""
+    r = row.runs[0]
+    opts = ([f"profile={r.profile}"] if r.profile != "paper" else []) + [f"{k}={v}" for k, v in sorted(row.changes.items())]
+    split = "" if r.split == r.dataset_info.get("split") else f" --folds {r.split}"
+    seeds = sorted({x.seed for x in row.runs})
+    seed = f" --seed {seeds[0]}" if seeds != [0] else ""
+    return (f"stbench run --model {r.model} --dataset {r.dataset} --protocol {r.protocol}{split}{seed}"
+            + "".join(f" -o {o}" for o in opts))
+
+
+def _commands(rows: Sequence[Row]) -> str:
+    lines = sorted({command_of(r) for r in rows})
+    return ("\n<details><summary>Commands (one per row; `stbench bench` runs the same)</summary>\n\n```bash\n"
+            + "\n".join(lines) + "\n```\n</details>\n")
+
+
 def _figure_links(dataset: str, protocol: str, figures: Sequence[str]) -> str:
     mine = [f for f in figures if Path(f).name.startswith(f"{dataset}.{protocol}.")]
     if not mine:
@@ -356,10 +410,14 @@ def render(results: Sequence[RunResult], figures: Sequence[str] = ()) -> str:
         text = findings(rows)
         if text:
             parts.append(f"\nWhat these results show:\n\n{text}")
+        tests = render_paired_tests(rows)
+        if tests:
+            parts.append(f"\n{tests}")
         ablations = render_ablations(rows)
         if ablations:
             parts.append(f"\n{ablations}")
         parts.append(_figure_links(dataset, protocol, figures))
+        parts.append(_commands(rows))
     if groups:
         parts.append(f"\n## Hit@T\n\n{render_hits(groups)}")
     return "".join(parts)

@@ -186,8 +186,9 @@ def _dihedral(batch: np.ndarray, code: int) -> np.ndarray:
 
 class BatchLoader:
     """Iterates ``(images, expression, index)`` batches of a :class:`PatchDataset`, built by
-    ``workers`` threads ahead of the consumer (0: in the calling thread). The shuffle order comes
-    from (seed, epoch), so it is reproducible and independent of ``workers``."""
+    ``workers`` threads ahead of the consumer (0: in the calling thread). The shuffle order is drawn
+    exactly as torch's DataLoader draws it from a generator seeded with ``seed`` (one new order per
+    pass), so training matches the per-item DataLoader batch for batch, whatever ``workers`` is."""
 
     def __init__(self, dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  workers: int = 0, drop_last: bool = False, prefetch: int = 2) -> None:
@@ -195,15 +196,24 @@ class BatchLoader:
             raise ValueError("batch_size must be >= 1")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.workers, self.drop_last, self.prefetch = max(0, workers), drop_last, max(1, prefetch)
+        import torch
+
+        self._generator = torch.Generator()
+        self._generator.manual_seed(seed)
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _batches(self) -> list[np.ndarray]:
+        import torch
+
         n = len(self.dataset)
-        order = (np.random.default_rng([self.seed, self.dataset.epoch, zlib.crc32(b"shuffle")]).permutation(n)
-                 if self.shuffle else np.arange(n))
+        torch.empty((), dtype=torch.int64).random_(generator=self._generator)  # DataLoader's per-pass base seed
+        order = np.arange(n)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self._generator).numpy()
+            torch.randperm(n, generator=self._generator)  # RandomSampler draws once more when exhausted
         return [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def __iter__(self) -> Any:

@@ -187,3 +187,36 @@ def test_golden_leaderboard():
     """Same results files, same markdown. After an intended change of the layout, regenerate with
     `stbench leaderboard --results tests/data/golden/results --out tests/data/golden/LEADERBOARD.md`."""
     assert render_dir(GOLDEN / "results") == (GOLDEN / "LEADERBOARD.md").read_text(encoding="utf-8")
+
+
+def test_paired_tests_cover_every_per_gene_metric(loaded):
+    from stbench.stats import paired_wilcoxon
+
+    rk, rk5, mean = loaded
+    text = render([_as(rk5, "heclip"), rk, mean])
+    block = text.split("Paired Wilcoxon tests against heclip")[1].split("\n\n")[1]
+    assert block.splitlines()[0] == "| Model | RMSE ↓ | SSIM ↑ | Pearson ↑ |"
+    row = next(l for l in block.splitlines() if l.startswith("| random-k *baseline*"))
+    for metric in ("rmse", "ssim", "pearson"):
+        pooled = lambda r: np.concatenate([r.per_gene(i, metric) for i in range(2)])  # noqa: E731
+        t = paired_wilcoxon(pooled(rk), pooled(rk5))
+        assert f"{t.median_difference:+.3f} (p {t.p_value:.1e})" in row
+    assert next(l for l in block.splitlines() if l.startswith("| mean *baseline*")).startswith("| mean *baseline* | n/a |")
+
+
+def test_commands_reproduce_each_rows_configuration(results_dir):
+    import shlex
+
+    from stbench.leaderboard import command_of, rows_of
+    from stbench.runner import plan
+
+    plugins = get_plugin_manager(env={})
+    rows = rows_of([load_result(p) for p in sorted(results_dir.rglob("*.json"))])
+    for row in rows:
+        args = shlex.split(command_of(row))[2:]
+        kv = {args[i]: args[i + 1] for i in range(0, len(args), 2) if args[i] != "-o"}
+        opts = tuple(args[i + 1] for i in range(0, len(args), 2) if args[i] == "-o")
+        req = RunRequest(kv["--model"], kv["--dataset"], folds=kv.get("--folds", "default"),
+                         protocol=kv["--protocol"], options=opts)
+        assert plan(plugins, req)["hash"] == row.runs[0].config_hash
+    assert "stbench run --model random-k --dataset synthetic --protocol strict --folds syn1,syn2 -o k=5" in render_dir(results_dir)

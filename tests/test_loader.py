@@ -116,15 +116,21 @@ def test_batches_equal_the_stacked_items_for_both_backends():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(threads, processes))
 
 
-def test_threaded_shuffle_is_seeded_by_epoch_and_covers_every_item():
+def test_threaded_batches_follow_the_dataloaders_shuffle_order():
     fold = tiny_fold()
-    ds = PatchDataset(fold.train, augment=False)
-    loader = make_loader(ds, 10, shuffle=True, seed=2, workers=2)
-    first = torch.cat([b[2] for b in loader])
-    assert sorted(first.tolist()) == list(range(len(ds))) and first.tolist() != list(range(len(ds)))
-    assert torch.equal(first, torch.cat([b[2] for b in make_loader(ds, 10, shuffle=True, seed=2, workers=0)]))
-    ds.set_epoch(1)
-    assert not torch.equal(first, torch.cat([b[2] for b in loader]))
+    ds = PatchDataset(fold.train, augment=True, seed=1)
+    threads = make_loader(ds, 10, shuffle=True, seed=2, workers=2, drop_last=True)
+    reference = make_loader(ds, 10, shuffle=True, seed=2, workers=0, drop_last=True, backend="processes")
+    passes = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        ours, theirs = list(threads), list(reference)
+        assert len(ours) == len(theirs) == len(ds) // 10
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(ours, theirs))
+        passes.append(torch.cat([b[2] for b in ours]))
+    assert not torch.equal(passes[0], passes[1])
+    full = torch.cat([b[2] for b in make_loader(ds, 10, shuffle=True, seed=2)])
+    assert sorted(full.tolist()) == list(range(len(ds))) and full.tolist() != list(range(len(ds)))
     dropped = make_loader(ds, 16, shuffle=True, drop_last=True)
     assert len(dropped) == len(ds) // 16 and all(len(b[0]) == 16 for b in dropped)
 
