@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--backend", choices=["threads", "processes", "both"], default="both",
+                        help="stbench loader: worker threads building whole batches (default of make_loader), "
+                             "or torch DataLoader worker processes over per-item PatchDataset")
     args = parser.parse_args()
 
     import pandas as pd
@@ -93,10 +96,14 @@ def main() -> None:
     slides = list(prepared.train)
     print(f"prepared her2st_C_HVG (patch cache + expression) in {time.perf_counter() - t0:.1f} s")
 
-    ours = PatchDataset(slides, augment=True, seed=0)
-    loader = make_loader(ours, args.batch, shuffle=True, seed=0, workers=args.workers)
-    first, steady = throughput(loader, args.epochs, ours.set_epoch)
-    print(f"stbench PatchDataset (HDF5 cache, uint8): first epoch {first:.0f} patches/s, steady {steady:.0f} patches/s")
+    ours_rates = {}
+    for backend in (["threads", "processes"] if args.backend == "both" else [args.backend]):
+        ours = PatchDataset(slides, augment=True, seed=0)
+        loader = make_loader(ours, args.batch, shuffle=True, seed=0, workers=args.workers, backend=backend)
+        ours_rates[backend] = throughput(loader, args.epochs, ours.set_epoch)
+        print(f"stbench loader ({backend}, HDF5 cache, uint8): first epoch {ours_rates[backend][0]:.0f} patches/s, "
+              f"steady {ours_rates[backend][1]:.0f} patches/s")
+        del loader
 
     paper_sets = []
     for s in slides:
@@ -109,8 +116,9 @@ def main() -> None:
                                                persistent_workers=args.workers > 0)
     p_first, p_steady = throughput(paper_loader, args.epochs)
     print(f"paper-style per-item Dataset (pandas + PIL): first epoch {p_first:.0f} patches/s, steady {p_steady:.0f} patches/s")
-    print(f"speedup steady state: {steady / p_steady:.1f}x, first epoch: {first / p_first:.1f}x "
-          f"({len(ours)} patches of 256 px, batch {args.batch}, {args.workers} workers, {args.epochs} epochs)")
+    for backend, (first, steady) in ours_rates.items():
+        print(f"speedup ({backend}) steady state: {steady / p_steady:.1f}x, first epoch: {first / p_first:.1f}x "
+              f"({len(ours)} patches of 256 px, batch {args.batch}, {args.workers} workers, {args.epochs} epochs)")
 
 
 if __name__ == "__main__":
