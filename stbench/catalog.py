@@ -74,7 +74,7 @@ _FIELDS: dict[str, tuple[Any, str, bool]] = {
     "license": (lambda v: isinstance(v, str), "a string", False),
     "base_url": (lambda v: isinstance(v, str) and v.endswith("/"), "a URL ending in /", False),
     "sources": (lambda v: isinstance(v, list) and all(isinstance(x, dict) and isinstance(x.get("path"), str) for x in v),
-                "a list of tables {path, url, sha256, size, gunzip}", False),
+                "a list of tables {path, url, sha256, size, gunzip, discover}", False),
     "params": (lambda v: isinstance(v, dict), "a table", False),
     "expected_spots": (_table_of(int), "a table slide -> integer", False),
 }
@@ -87,12 +87,13 @@ _SOURCE_KEYS: dict[str, tuple[Any, str]] = {
     "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
                "64 lowercase hex digits"),
     "size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a byte count"),
+    "discover": (lambda v: isinstance(v, str) and bool(v.strip()), "a glob of the upstream file name"),
     "gunzip": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
 def _check_source(src: Mapping[str, Any], where: str, has_base_url: bool) -> None:
-    """A source is ``{path, url?, sha256?, size?, gunzip?}``: ``path`` is where the file lies in the dataset
+    """A source is ``{path, url?, sha256?, size?, gunzip?, discover?}``: ``path`` is where the file lies in the dataset
     folder (and in a mirror); ``url`` absolute or relative to ``base_url`` (default ``base_url + path``);
     ``sha256``/``size`` describe the stored file (decompressed when ``gunzip``)."""
     unknown = set(src) - set(_SOURCE_KEYS)

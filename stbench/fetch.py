@@ -15,6 +15,9 @@ deletes the partial file, so nothing a later run trusts is ever half-written.
   dataset folder can be checked without the download. A gzip download that is cut restarts from the
   beginning (a decompressor cannot resume mid-stream); a gzip stream that ends early (damaged
   upstream file) is an error and nothing is kept.
+- ``discover = "GLOB"``: the upstream name is not known exactly; the one file matching GLOB in the
+  directory listing of ``url``'s folder is fetched (GEO's per-sample ``suppl/`` index). Mirrors hold
+  the file at ``path`` and need no listing.
 - Checksums: the catalogue's ``sha256``/``size``; where it gives no ``sha256``, the first download
   records sha256 and size in ``<dataset folder>/stbench-lock.json`` and later fetches verify against it.
 - Failures are one line naming the file and the fix: network (after retries; suggests ``--mirror``),
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .catalog import DatasetEntry
+from .discover import discover
 from .download_lock import DownloadLock
 from .download_sink import DiskSink, GzipError
 from .errors import DataError, StbenchError
@@ -198,6 +202,8 @@ def fetch_source(entry: DatasetEntry, source: Mapping[str, Any], root: Path | No
     if target.is_file() and _matches(target, want):
         return target
     location = source_location(entry, source, mirror)
+    if source.get("discover") and not mirror:
+        location = discover(location.rsplit("/", 1)[0], source["discover"], timeout)
     part = target.with_name(target.name + ".part")
     try:
         part.parent.mkdir(parents=True, exist_ok=True)
