@@ -3,7 +3,8 @@ sha256 the catalogue does not declare, so that later fetches (and re-downloads) 
 
 Format: ``{"version": 1, "files": {"<source path>": {"sha256", "size", "url", "recorded"}}}``, where
 ``sha256``/``size`` describe the file as stored (decompressed for ``gunzip`` sources), ``url`` is where it
-came from and ``recorded`` the UTC time. The file is rewritten atomically after each recorded download.
+came from and ``recorded`` the UTC time. The file is rewritten atomically, under a file lock, after each
+recorded download.
 """
 from __future__ import annotations
 
@@ -50,13 +51,16 @@ class DownloadLock:
         return self._load().get(path)
 
     def record(self, path: str, sha256: str, size: int, url: str) -> None:
-        self._files = None  # re-read: another fetch may have recorded files meanwhile
-        files = self._load()
-        files[path] = {"sha256": sha256, "size": size, "url": url,
-                       "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        text = json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n"
+        from filelock import FileLock
+
         try:
-            write_text(self.path, text)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path.with_name(".stbench-lock.lock"))):  # entries sharing a folder (HVG, HEG)
+                self._files = None
+                files = self._load()
+                files[path] = {"sha256": sha256, "size": size, "url": url,
+                               "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                write_text(self.path, json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
         except OSError as e:
             raise StbenchError(f"cannot write {self.path} ({e.strerror}); make {self.path.parent} writable or "
                                f"set STBENCH_DATA") from None

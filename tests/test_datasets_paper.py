@@ -234,7 +234,7 @@ def test_fetch_and_prepare_paper_dataset(served, cli, caplog, name, gzipped_imag
     with caplog.at_level("WARNING", logger="stbench"):
         output, ds, prepared = _fetch_and_prepare(cli, catalogue, "fx_" + name)
     folder = data / entry.root
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*entry.slides, "stbench-lock.json"])
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted([*entry.slides, "stbench-lock.json"])
     assert not list(folder.rglob("*.part"))
     lock = json.loads((folder / "stbench-lock.json").read_text())["files"]
     assert sorted(lock) == sorted(s["path"] for s in entry.sources)
