@@ -323,6 +323,14 @@ def findings(rows: Sequence[Row]) -> str:
                    f"{_fmt(ra.value('pearson')[0], None)} vs {_fmt(rb.value('pearson')[0], None)}, median per-gene "
                    f"difference {test.median_difference:+.3f}, paired Wilcoxon p = {_p(test.p_value)}, "
                    f"{test.n} gene-fold pairs).")
+    seeds = {len({r.seed for r in row.runs}) for row in models}
+    if seeds == {1}:
+        out.append("- Not shown: variation between training runs (one seed per configuration; `--seeds N` "
+                   "pools seeds into each row).")
+    reduced = sorted({r.profile for row in models for r in row.runs} - {"paper"})
+    if reduced:
+        out.append(f"- Not shown: how the models rank at their published settings (these rows use the "
+                   f"{', '.join(f'`{p}`' for p in reduced)} profile).")
     return "\n".join(out) + "\n"
 
 
@@ -409,7 +417,7 @@ def render(results: Sequence[RunResult], figures: Sequence[str] = ()) -> str:
         parts.append(f"\n## {dataset} · {protocol}\n\n{_meta(by_group[(dataset, protocol)])}\n{render_table(rows)}")
         text = findings(rows)
         if text:
-            parts.append(f"\nWhat these results show:\n\n{text}")
+            parts.append(f"\nWhat these results show (and do not):\n\n{text}")
         tests = render_paired_tests(rows)
         if tests:
             parts.append(f"\n{tests}")
