@@ -277,16 +277,10 @@ def _umap(x: np.ndarray, seed: int) -> np.ndarray:
 
 
 def pearson_per_gene(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Pearson r of every column; NaN where either column is constant or has no finite pair."""
-    t, p = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    ok = np.isfinite(t) & np.isfinite(p)
-    n = ok.sum(0)
-    t, p = np.where(ok, t, 0.0), np.where(ok, p, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tc = np.where(ok, t - t.sum(0) / n, 0.0)
-        pc = np.where(ok, p - p.sum(0) / n, 0.0)
-        r = (tc * pc).sum(0) / np.sqrt((tc ** 2).sum(0) * (pc ** 2).sum(0))
-    return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), np.nan)
+    """Pearson r of every column, as the leaderboard scores it (NaN for a constant column)."""
+    from .metrics import pearson
+
+    return pearson(np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64))
 
 
 def best_genes(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
