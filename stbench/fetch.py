@@ -20,6 +20,8 @@ deletes the partial file, so nothing a later run trusts is ever half-written.
   the file at ``path`` and need no listing.
 - Checksums: the catalogue's ``sha256``/``size``; where it gives no ``sha256``, the first download
   records sha256 and size in ``<dataset folder>/stbench-lock.json`` and later fetches verify against it.
+- Upstream sources must be ``https://`` (plain HTTP is refused except to this machine); a mirror is
+  the user's choice and may be a folder, ``file://``, ``http://`` or ``https://``.
 - Failures are one line naming the file and the fix: network (after retries; suggests ``--mirror``),
   HTML pages instead of data, wrong size or checksum, damaged gzip, full or unwritable disk (the
   partial file is deleted).
@@ -189,6 +191,16 @@ def _matches(path: Path, want: Mapping[str, Any]) -> bool:
     return "sha256" not in want or sha256_of(path) == want["sha256"]
 
 
+def _check_https(location: str, dataset: str) -> None:
+    """Catalogue downloads go over HTTPS; plain HTTP only to this machine (tests, local servers).
+    A mirror is the user's explicit choice and may use either."""
+    from urllib.parse import urlsplit
+
+    if location.startswith("http://") and urlsplit(location).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise DataError(f"dataset '{dataset}' lists a plain-HTTP source ({location}); use an https:// URL in the "
+                        f"catalogue, or pass it as --mirror if you trust it")
+
+
 def fetch_source(entry: DatasetEntry, source: Mapping[str, Any], root: Path | None = None, mirror: str | None = None,
                  progress: Callable[..., None] | None = None, timeout: float = 60.0,
                  lock: DownloadLock | None = None) -> Path:
@@ -202,6 +214,8 @@ def fetch_source(entry: DatasetEntry, source: Mapping[str, Any], root: Path | No
     if target.is_file() and _matches(target, want):
         return target
     location = source_location(entry, source, mirror)
+    if not mirror:
+        _check_https(location, entry.name)
     if source.get("discover") and not mirror:
         location = discover(location.rsplit("/", 1)[0], source["discover"], timeout)
     part = target.with_name(target.name + ".part")

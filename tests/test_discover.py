@@ -54,3 +54,11 @@ def test_a_mirror_needs_no_listing(tmp_path):
     (mirror / "A1" / "image.tif").write_bytes(b"II*\x00abc")
     [path] = fetch_dataset(_entry("https://unreachable.invalid/", "*Merged.tif*"), root=tmp_path / "data", mirror=str(mirror))
     assert path.read_bytes() == b"II*\x00abc"
+
+
+def test_plain_http_upstream_is_refused_but_a_mirror_may_use_it(tmp_path):
+    entry = parse_entry("h", {"reader": "visium", "slides": ["A1"], "query": ["A1"], "genes": {"set": "all"},
+                              "base_url": "http://example.org/data/", "sources": [{"path": "A1/x.txt"}]}, "t.toml")
+    with pytest.raises(DataError, match=r"dataset 'h' lists a plain-HTTP source \(http://example.org/data/A1/x.txt\)"):
+        fetch_dataset(entry, root=tmp_path / "data", mirror="")
+    assert not (tmp_path / "data" / "h" / "A1").exists()
