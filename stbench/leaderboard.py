@@ -103,6 +103,11 @@ def _p(p: float) -> str:
     return "n/a" if math.isnan(p) else ("< 1e-300" if p == 0 else f"{p:.1e}")
 
 
+def _p_is(p: float) -> str:
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _sort_key(row: Row) -> tuple:
     p = row.value("pearson")[0]
     return (row.baseline, -(p if _finite(p) else -math.inf), row.label)
@@ -321,7 +326,7 @@ def findings(rows: Sequence[Row]) -> str:
             verdict = "is not supported here: no significant difference"
         out.append(f"- The paper's claim that {a} beats {b} {verdict} (mean per-gene Pearson "
                    f"{_fmt(ra.value('pearson')[0], None)} vs {_fmt(rb.value('pearson')[0], None)}, median per-gene "
-                   f"difference {test.median_difference:+.3f}, paired Wilcoxon p = {_p(test.p_value)}, "
+                   f"difference {test.median_difference:+.3f}, paired Wilcoxon {_p_is(test.p_value)}, "
                    f"{test.n} gene-fold pairs).")
     seeds = {len({r.seed for r in row.runs}) for row in models}
     if seeds == {1}:
