@@ -306,6 +306,13 @@ def findings(rows: Sequence[Row]) -> str:
         out.append(f"- Above the random-k baseline (paired Wilcoxon on per-gene Pearson, p < {ALPHA}, positive "
                    f"median difference): {', '.join(above) or 'none'}"
                    + (f"; not above: {', '.join(not_above)}." if not_above else "."))
+    mean_row = next((r for r in rows if r.baseline and r.model == "mean" and not r.changes), None)
+    if mean_row is not None and all(_finite(mean_row.value(h)[0]) for h in HITS):
+        best = [max((v for r in models for v in [r.value(h)[0]] if _finite(v)), default=math.nan) for h in HITS]
+        out.append(f"- Hit@1/2/3 of the `mean` baseline, which ignores the image: "
+                   f"{'/'.join(f'{mean_row.value(h)[0]:.3f}' for h in HITS)}; best model: "
+                   f"{'/'.join(_fmt(b, None) for b in best)}. Hit@T credits the genes every spot expresses, so "
+                   f"read it against this row.")
     defaults = {}
     for row in models:
         defaults.setdefault(row.model, [])

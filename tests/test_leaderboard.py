@@ -220,3 +220,12 @@ def test_commands_reproduce_each_rows_configuration(results_dir):
                          protocol=kv["--protocol"], options=opts)
         assert plan(plugins, req)["hash"] == row.runs[0].config_hash
     assert "stbench run --model random-k --dataset synthetic --protocol strict --folds syn1,syn2 -o k=5" in render_dir(results_dir)
+
+
+def test_findings_put_hit_at_t_beside_the_mean_baseline(loaded):
+    rk, rk5, mean = loaded
+    text = render([_as(rk5, "heclip"), rk, mean])
+    line = next(l for l in text.splitlines() if l.startswith("- Hit@1/2/3 of the `mean` baseline"))
+    hits = "/".join(f"{mean.summary[h]['mean']:.3f}" for h in ("hit@1", "hit@2", "hit@3"))
+    best = "/".join(f"{rk5.summary[h]['mean']:.3f}" for h in ("hit@1", "hit@2", "hit@3"))
+    assert f"ignores the image: {hits}; best model: {best}." in line
