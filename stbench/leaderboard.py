@@ -359,7 +359,9 @@ def _meta(results: Sequence[RunResult]) -> str:
             f"profiles: {one(r.profile for r in results)} · "
             f"seeds: {one(r.seed for r in results)} · "
             f"hardware: {one((r.environment.get('gpu') or r.environment.get('cpu')) for r in results)} · "
-            f"stbench {one(r.environment.get('stbench') for r in results)}\n")
+            + (f"torch threads: {one(r.environment.get('torch_threads') for r in results)} · "
+               if any("torch_threads" in r.environment for r in results) else "")
+            + f"stbench {one(r.environment.get('stbench') for r in results)}\n")
     if any(r.profile != "paper" for r in results):
         text += ("\nRows with a profile other than `paper` use reduced settings (for `quick`: small backbones, small\n"
                  "patches, few epochs, sized for a CPU); they rank models under that budget and are not comparable\n"

@@ -100,6 +100,7 @@ def environment(device: str) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
         if device.startswith("cuda") and torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
     return env

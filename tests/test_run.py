@@ -101,3 +101,12 @@ def test_python_dash_m_entry(tmp_path):
     assert "results:" in done.stdout
     bad = run_stbench("run", "--model", "heclp", "--dataset", "synthetic")
     assert bad.returncode == 2 and bad.stderr.strip() == "stbench: error: unknown model 'heclp'; did you mean 'heclip'?"
+
+
+def test_environment_records_the_torch_thread_count():
+    """Training on CPU reproduces bit for bit only at the same torch thread count."""
+    import torch
+
+    from stbench.results import environment
+
+    assert environment("cpu")["torch_threads"] == torch.get_num_threads()
