@@ -335,8 +335,14 @@ def findings(rows: Sequence[Row]) -> str:
                    f"{_fmt(ra.value('pearson')[0], None)} vs {_fmt(rb.value('pearson')[0], None)}, median per-gene "
                    f"difference {test.median_difference:+.3f}, paired Wilcoxon {_p_is(test.p_value)}, "
                    f"{test.n} gene-fold pairs).")
-    seeds = {len({r.seed for r in row.runs}) for row in models}
-    if seeds == {1}:
+    several = [row for row in models if len({r.seed for r in row.runs}) > 1]
+    if several:
+        per_seed = "; ".join(f"{row.label}: " + " / ".join(_fmt(r.summary.get("pearson", {}).get("mean"), None)
+                                                           for r in row.runs) for row in several)
+        single = [f"`{row.label}`" for row in models if row not in several]
+        out.append(f"- Variation between training runs, mean per-gene Pearson per seed: {per_seed}."
+                   + (f" One seed only: {', '.join(single)}; read their gaps against this spread." if single else ""))
+    else:
         out.append("- Not shown: variation between training runs (one seed per configuration; `--seeds N` "
                    "pools seeds into each row).")
     reduced = sorted({r.profile for row in models for r in row.runs} - {"paper"})

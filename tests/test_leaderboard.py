@@ -229,3 +229,14 @@ def test_findings_put_hit_at_t_beside_the_mean_baseline(loaded):
     hits = "/".join(f"{mean.summary[h]['mean']:.3f}" for h in ("hit@1", "hit@2", "hit@3"))
     best = "/".join(f"{rk5.summary[h]['mean']:.3f}" for h in ("hit@1", "hit@2", "hit@3"))
     assert f"ignores the image: {hits}; best model: {best}." in line
+
+
+def test_findings_show_the_spread_over_seeds(loaded):
+    rk, rk5, mean = loaded
+    heclip0, heclip1 = _as(rk5, "heclip", seed=0), _as(rk, "heclip", seed=1)
+    heclip1.changed_options, heclip1.extra = rk5.changed_options, dict(rk5.extra)
+    text = render([heclip0, heclip1, _as(rk, "bleep"), rk, mean])
+    line = next(l for l in text.splitlines() if l.startswith("- Variation between training runs"))
+    per_seed = f"{rk5.summary['pearson']['mean']:.3f} / {rk.summary['pearson']['mean']:.3f}"
+    assert f"per seed: {heclip0.label}: {per_seed}." in line and "One seed only: `bleep`" in line
+    assert "Not shown: variation" not in text
