@@ -278,7 +278,9 @@ def export(results: tuple[str, ...], out: str, formats: str) -> None:
               help="Comma list: box (per-gene RMSE/SSIM), loss (training curves), umap (embeddings), spatial (maps).")
 @click.option("--dataset", default=None, help="Only this dataset (results folders).")
 @click.option("--protocol", default=None, type=click.Choice(["strict", "paper"]), help="Only this protocol (results folders).")
-def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, protocol: str | None) -> None:
+@click.option("--seed", default=None, type=int, help="Only the runs of this seed (results folders).")
+def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, protocol: str | None,
+         seed: int | None) -> None:
     """Figures for results files or folders: box plots, loss curves, UMAPs and spatial maps (PNG)."""
     from .figures import plot_dir, plot_run
 
@@ -286,7 +288,7 @@ def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, pr
     written = []
     for item in map(Path, results):
         if item.is_dir():
-            written += plot_dir(item, out, dataset=dataset, protocol=protocol, kinds=chosen)
+            written += plot_dir(item, out, dataset=dataset, protocol=protocol, kinds=chosen, seed=seed)
         elif item.is_file():
             written += plot_run(item, out, kinds=chosen)
         else:

@@ -408,16 +408,18 @@ def plot_run(results_path: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def plot_dir(results_dir: str | os.PathLike, out_dir: str | os.PathLike, dataset: str | None = None,
-             protocol: str | None = None, kinds: Sequence[str] = KINDS) -> list[Path]:
-    """Figures for every (dataset, protocol) group of a results folder and every run in it."""
+             protocol: str | None = None, kinds: Sequence[str] = KINDS, seed: int | None = None) -> list[Path]:
+    """Figures for every (dataset, protocol) group of a results folder and every run in it
+    (only the runs of ``seed`` when given)."""
     kinds = _check_kinds(kinds)
     out = Path(out_dir)
     runs = [(load_result(p), p) for p in find_results(results_dir)]
     if not runs:
         raise ResultsError(f"no results files in {results_dir}; run `stbench run` first")
-    runs = [(r, p) for r, p in runs if dataset in (None, r.dataset) and protocol in (None, r.protocol)]
+    runs = [(r, p) for r, p in runs if dataset in (None, r.dataset) and protocol in (None, r.protocol)
+            and seed in (None, r.seed)]
     if not runs:
-        wanted = " · ".join(x for x in (dataset, protocol) if x)
+        wanted = " · ".join(x for x in (dataset, protocol, None if seed is None else f"seed {seed}") if x)
         raise ResultsError(f"no results in {results_dir} match {wanted}")
     groups: dict[tuple[str, str], list[tuple[RunResult, Path]]] = {}
     for r, p in runs:

@@ -334,7 +334,7 @@ def findings(rows: Sequence[Row]) -> str:
         out.append(f"- The paper's claim that {a} beats {b} {verdict} (mean per-gene Pearson "
                    f"{_fmt(ra.value('pearson')[0], None)} vs {_fmt(rb.value('pearson')[0], None)}, median per-gene "
                    f"difference {test.median_difference:+.3f}, paired Wilcoxon {_p_is(test.p_value)}, "
-                   f"{test.n} gene-fold pairs).")
+                   f"{test.n} (gene, fold, seed) pairs).")
     several = [row for row in models if len({r.seed for r in row.runs}) > 1]
     if several:
         per_seed = "; ".join(f"{row.label}: " + " / ".join(_fmt(r.summary.get("pearson", {}).get("mean"), None)

@@ -212,3 +212,9 @@ def test_cli_plot_writes_pngs_for_a_results_folder(cli, runs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in out.glob("*.png"))
     bad = cli("plot", str(folder), "--out", str(out), "--kind", "boxplot")
     assert bad.exit_code == 2 and "boxplot" in bad.stderr
+
+
+def test_plot_dir_filters_by_seed(runs, tmp_path):
+    assert figures.plot_dir(runs[0], tmp_path / "a", kinds=("box",), seed=0)
+    with pytest.raises(ResultsError, match="match seed 7"):
+        figures.plot_dir(runs[0], tmp_path / "b", kinds=("box",), seed=7)
