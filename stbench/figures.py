@@ -106,12 +106,9 @@ def _pooled(result: RunResult, metric: str) -> np.ndarray | None:
 
 def leaderboard_order(results: Sequence[RunResult]) -> list[RunResult]:
     """The leaderboard's order: non-baselines first, then by mean Pearson (descending), then label."""
-    def key(r: RunResult) -> tuple:
-        p = r.summary.get("pearson", {}).get("mean")
-        finite = isinstance(p, (int, float)) and math.isfinite(p)
-        return (r.baseline, -p if finite else math.inf, r.label)
+    from .leaderboard import result_sort_key
 
-    return sorted(results, key=key)
+    return sorted(results, key=result_sort_key)
 
 
 def _title(results: Sequence[RunResult]) -> str:

@@ -108,24 +108,29 @@ def _p_is(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def _order(baseline: bool, pearson: Any, label: str) -> tuple:
+    return (baseline, -(pearson if _finite(pearson) else -math.inf), label)
+
+
 def _sort_key(row: Row) -> tuple:
-    p = row.value("pearson")[0]
-    return (row.baseline, -(p if _finite(p) else -math.inf), row.label)
+    return _order(row.baseline, row.value("pearson")[0], row.label)
+
+
+def result_sort_key(result: RunResult) -> tuple:
+    """The board's order for single runs: non-baselines first, mean Pearson descending, then label."""
+    return _order(result.baseline, result.summary.get("pearson", {}).get("mean"), result.label)
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[str, str, str, bool]]:
     """(metric, statistic, header, higher_is_better) for every column the results support."""
-    present: dict[str, dict[str, Any]] = {}
+    present = _metric_meta(rows)
     for row in rows:
         for r in row.runs:
-            for name, meta in r.metrics.items():
-                present.setdefault(name, meta)
             for name in r.summary:
-                if name.startswith("pearson_"):
+                if name in ORDER and name.startswith("pearson_"):
                     present.setdefault(name, {"higher_is_better": True, "per_gene": False})
-    names = [n for n in ORDER if n in present] + sorted(n for n in present if n not in ORDER and not n.startswith("pearson_"))
     cols = []
-    for n in names:
+    for n in [o for o in ORDER if o in present] + [n for n in present if n not in ORDER]:
         hib = bool(present[n]["higher_is_better"])
         label = f"{LABELS.get(n, n)} {'↑' if hib else '↓'}"
         if present[n].get("per_gene"):
@@ -253,10 +258,11 @@ def render_paired_tests(rows: Sequence[Row]) -> str:
     from .stats import paired_wilcoxon
 
     top = next((r for r in rows if not r.baseline), None)
-    metrics = [m for m, meta in _metric_meta(rows).items() if meta.get("per_gene")]
+    meta = _metric_meta(rows)
+    metrics = [m for m, spec in meta.items() if spec.get("per_gene")]
     if top is None or not metrics or len(rows) < 2:
         return ""
-    heads = [f"{LABELS.get(m, m)} {'↑' if _metric_meta(rows)[m].get('higher_is_better') else '↓'}" for m in metrics]
+    heads = [f"{LABELS.get(m, m)} {'↑' if meta[m].get('higher_is_better') else '↓'}" for m in metrics]
     lines = [f"Paired Wilcoxon tests against {top.label} (median per-gene difference, p):\n",
              "| Model | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(metrics)]
     for row in rows:

@@ -38,11 +38,7 @@ def augment(patch: Any, hflip: bool, vflip: bool, k: int) -> Any:
         if vflip:
             patch = torch.flip(patch, dims=(h,))
         return torch.rot90(patch, k, dims=(h, w)) if k else patch
-    if hflip:
-        patch = patch[:, ::-1]
-    if vflip:
-        patch = patch[::-1]
-    return np.rot90(patch, k, axes=(0, 1)) if k else patch
+    return _dihedral(patch[None], int(hflip) + 2 * int(vflip) + 4 * k)[0]
 
 
 class PatchDataset:

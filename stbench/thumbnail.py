@@ -51,7 +51,7 @@ def patch_mosaic(coords_xy: np.ndarray, images: Any, max_side: int = MAX_SIDE) -
     n = len(coords)
     if n == 0:
         return np.full((8, 8, 3), 255, np.uint8), 1.0
-    spacing = _spacing(coords)
+    spacing = spot_spacing(coords)
     extent = coords.max(0) + spacing
     scale = max_side / float(max(extent.max(), 1.0))
     side = max(1, int(round(0.8 * spacing * scale)))
@@ -65,18 +65,15 @@ def patch_mosaic(coords_xy: np.ndarray, images: Any, max_side: int = MAX_SIDE) -
     return canvas, scale
 
 
-def _spacing(coords: np.ndarray) -> float:
+def spot_spacing(coords_xy: np.ndarray) -> float:
     """Median nearest-neighbour distance between spots (1 for a single spot)."""
+    coords = np.asarray(coords_xy, dtype=np.float64)
     if len(coords) < 2:
         return 1.0
     from scipy.spatial import cKDTree
 
     d, _ = cKDTree(coords).query(coords, k=2)
     return float(np.median(d[:, 1])) or 1.0
-
-
-def spot_spacing(coords_xy: np.ndarray) -> float:
-    return _spacing(np.asarray(coords_xy, dtype=np.float64))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
