@@ -2,7 +2,8 @@
 
 Importing stbench is cheap: no torch, no plugin loading, no network. The names a plugin author
 needs are importable from here: ``hookimpl``, ``Model``, ``ModelCard``, ``SlidePatches``,
-``Metric``, ``Dataset``, ``Fold``, ``PreparedFold``, ``Reader`` and ``StbenchError``.
+``Metric``, ``Dataset``, ``Fold``, ``PreparedFold``, ``Reader``, ``StbenchError`` and ``option``
+(an Options field with a declared range).
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
@@ -11,6 +12,7 @@ from .errors import StbenchError
 from .hookspecs import hookimpl
 from .metric import Metric
 from .model import Model, ModelCard
+from .options import option
 from .readers.base import Reader
 from .slide import SlidePatches
 
@@ -20,4 +22,4 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__", "hookimpl", "Model", "ModelCard", "SlidePatches", "Metric", "Dataset", "Fold",
-           "PreparedFold", "Reader", "StbenchError"]
+           "PreparedFold", "Reader", "StbenchError", "option"]

@@ -16,7 +16,7 @@ from .errors import OptionError, ResultsError, StbenchError
 from .options import parse_pairs
 from .plugins import Plugins
 from .results import load_result, result_path
-from .runner import RunRequest, plan, run
+from .runner import RunRequest, plan, run, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ def completed(plugins: Plugins, req: RunRequest, out_dir: str | Path) -> tuple[P
         return None, f"rerun: {e}"
     if result.config_hash != p["hash"]:
         return None, f"rerun: {path} records configuration {result.config_hash}, expected {p['hash']}"
+    stale = stale_reason(result, p["versions"])
+    if stale:
+        return None, f"rerun: {path} was {stale}"
     return path, ""
 
 

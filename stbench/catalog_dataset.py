@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .catalog import DatasetEntry
+from .catalog import PACKAGED, DatasetEntry
 from .dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
 from .errors import DataError
-from .fetch import dataset_folder, missing_sources
+from .fetch import dataset_folder, source_problems
 from .preprocess import PREPROCESS_VERSION, GeneSelection, PreparedExpression, prepare_expression
 from .slide import ImagesView, SlidePatches
 
@@ -37,15 +38,29 @@ class CatalogDataset(Dataset):
         self.default_split = entry.split
 
     @property
+    def version(self) -> str:
+        """What the prepared expression depends on besides the files: the preprocessing and the reader."""
+        return f"preprocess-{PREPROCESS_VERSION}/{self.reader.name}-{self.reader.version}"
+
+    @property
     def folder(self) -> Path:
         return dataset_folder(self.entry)
 
     def check_present(self) -> None:
-        missing = missing_sources(self.entry) if self.entry.sources else ([] if self.folder.is_dir() else [""])
-        if missing:
-            what = f"{missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else (missing[0] or "its folder")
-            raise DataError(f"dataset '{self.name}' is not downloaded ({what} missing in {self.folder}): "
-                            f"run `stbench fetch {self.name}`")
+        if not self.entry.sources:
+            if not self.folder.is_dir():
+                raise DataError(f"dataset '{self.name}' has no folder {self.folder}: put its files there "
+                                f"(or set STBENCH_DATA / the catalogue's root)")
+            return
+        problems = source_problems(self.entry)
+        if problems:
+            path, problem = problems[0]
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            if problem == "missing":
+                raise DataError(f"dataset '{self.name}' is not downloaded ({path}{more} missing in {self.folder}): "
+                                f"run `stbench fetch {self.name}`")
+            raise DataError(f"dataset '{self.name}': {self.folder / path} is damaged or cut ({problem}){more}: "
+                            f"run `stbench fetch {self.name}` to download it again")
 
     @lru_cache(maxsize=None)
     def read(self, slide: str) -> Any:
@@ -60,18 +75,31 @@ class CatalogDataset(Dataset):
 
     def patches(self, slide: str, progress: ProgressFn | None = None) -> Path:
         """The slide's HDF5 patch file, built on first use and shared by every model and gene set."""
-        from .patch_cache import PatchSpec, cache_root, ensure_patches, patch_file
+        from .locations import cache_dir
+        from .patch_cache import PatchSpec, ensure_patches, patch_file
 
         adata = self.read(slide)
         meta = adata.uns["stbench"]
         spec = PatchSpec(patch_px=self.entry.patch_px)
-        out = patch_file(cache_root(), f"{self.entry.root or self.name}/{slide}", spec)
+        out = patch_file(cache_dir("patches").parent, f"{self.cache_key}/{slide}", spec)
         return ensure_patches(
             meta["image_path"], np.asarray(adata.obsm["spatial"], dtype=np.float64), np.asarray(adata.obs_names),
             adata.obs[["array_col", "array_row"]].to_numpy(), out, spec,
             image_scale=float(meta.get("image_scale", 1.0)), source_um_per_px=meta.get("pixel_size_um"),
             reader_version=f"{self.reader.name}/{self.reader.version}", progress=progress,
         )
+
+    @property
+    def cache_key(self) -> str:
+        """The cache folder of this dataset's slides: the catalogue ``root`` (shared by entries that read the
+        same files, e.g. an HVG and an HEG entry), or for an absolute root its folder name plus a hash of
+        the path (``/data/x`` -> ``x-1a2b3c4d``)."""
+        root = self.entry.root or self.name
+        if Path(root).expanduser().is_absolute():
+            resolved = str(Path(root).expanduser().resolve())
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(resolved).name) or "root"
+            return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+        return root
 
     def image_of(self, slide: str) -> tuple[str, float]:
         meta = self.read(slide).uns["stbench"]
@@ -91,9 +119,9 @@ class CatalogDataset(Dataset):
         """Prepared matrices, cached on disk by a hash of the inputs, protocol and fold."""
         import h5py
 
-        from .patch_cache import cache_root
+        from .locations import cache_dir
 
-        path = cache_root() / "prepared" / self.name / f"{self._prepared_key(fold, protocol, patch_barcodes)}.h5"
+        path = cache_dir("prepared", self.name) / f"{self._prepared_key(fold, protocol, patch_barcodes)}.h5"
         if path.exists():
             try:
                 with h5py.File(path, "r") as f:
@@ -104,7 +132,7 @@ class CatalogDataset(Dataset):
                         {s: np.array([x.decode() for x in f[f"slides/{s}/barcodes"][:]]) for s in slides},
                         json.loads(f.attrs["info"]))
             except (OSError, KeyError, ValueError) as e:
-                log.warning("recomputing %s: unreadable prepared cache (%s)", path, e)
+                log.warning("recomputing %s: unreadable prepared cache (%s)", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raw = {}
         for s, barcodes in patch_barcodes.items():
             adata = self.read(s)
@@ -112,10 +140,10 @@ class CatalogDataset(Dataset):
         gene_sel = GeneSelection(self.entry.genes["set"], self.entry.genes.get("n_per_slide"))
         prepared = prepare_expression(raw, fold.reference, fold.query, protocol, gene_sel, self.entry.harmony)
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("genes", data=np.array(prepared.genes, dtype="S"))
+            f.create_dataset("genes", data=np.array(prepared.genes, dtype="S"), fletcher32=True)
             for s in patch_barcodes:
-                f.create_dataset(f"slides/{s}/matrix", data=prepared.matrices[s], compression="gzip")
-                f.create_dataset(f"slides/{s}/barcodes", data=np.array(prepared.barcodes[s], dtype="S"))
+                f.create_dataset(f"slides/{s}/matrix", data=prepared.matrices[s], compression="gzip", fletcher32=True)
+                f.create_dataset(f"slides/{s}/barcodes", data=np.array(prepared.barcodes[s], dtype="S"), fletcher32=True)
             f.attrs["info"] = json.dumps(prepared.info)
         return prepared
 
@@ -146,7 +174,8 @@ class CatalogDataset(Dataset):
                 pixel_size_um=meta.get("pixel_size_um"), patient=self.patients.get(s, s),
             )
         info = {**expr.info, "patch_px": self.entry.patch_px,
-                "spots": {s: len(views[s]) for s in slides}}
+                "spots": {s: len(views[s]) for s in slides},
+                "blank_patches": {s: int(opened[s]["attrs"].get("n_blank") or 0) for s in slides}}
         return PreparedFold(
             fold=fold, genes=expr.genes, train=[views[s] for s in fold.reference],
             queries=[views[s].without_expression() for s in fold.query],
@@ -156,4 +185,5 @@ class CatalogDataset(Dataset):
     def info(self) -> dict[str, Any]:
         e = self.entry
         return {**super().info(), "reader": e.reader, "gene_set": e.gene_set, "n_per_slide": e.genes.get("n_per_slide"),
-                "harmony": e.harmony, "patch_px": e.patch_px, "citation": e.citation, "catalogue": e.source_file}
+                "harmony": e.harmony, "patch_px": e.patch_px, "citation": e.citation, "catalogue": e.source_file,
+                "catalogue_packaged": Path(e.source_file) == PACKAGED, "version": self.version}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,11 +16,13 @@ DEFAULT_RESULTS = "results"
 
 
 class App:
-    """Lazily loaded plugins for one command invocation."""
+    """Lazily loaded plugins for one command invocation. Every command that loads plugins says, one line
+    each on stderr, which plugins failed to load and why (``stbench plugins`` lists them itself)."""
 
     def __init__(self, plugins_dirs: tuple[str, ...], catalogs: tuple[str, ...]) -> None:
         self.plugins_dirs, self.catalogs = plugins_dirs, catalogs
         self._plugins = None
+        self.report_failures = True
 
     @property
     def plugins(self):
@@ -27,7 +30,24 @@ class App:
             from .plugins import get_plugin_manager
 
             self._plugins = get_plugin_manager(self.plugins_dirs, self.catalogs)
+            if self.report_failures:
+                for f in self._plugins.failures:
+                    click.echo(f"stbench: warning: plugin '{f.name}' failed to load: {f.error} [{f.source}]", err=True)
         return self._plugins
+
+
+class _StderrHandler(logging.Handler):
+    """The library's warnings as ``stbench: warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"stbench: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("stbench")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        logger.addHandler(handler)
 
 
 def _app(ctx: click.Context) -> App:
@@ -72,6 +92,7 @@ class StbenchGroup(click.Group):
 @click.version_option(package_name="stbench")
 def cli(plugins_dir: tuple[str, ...], catalog: tuple[str, ...]) -> None:
     """Benchmark models that predict spatial gene expression from H&E histology."""
+    _log_to_stderr()
 
 
 def _console(stderr: bool = False):
@@ -156,14 +177,16 @@ def _print_summary(console: Any, result: Any) -> None:
     from .leaderboard import _fmt
 
     table = Table(title=f"{result.label} on {result.dataset} ({result.protocol}, {len(result.folds)} fold(s))")
-    for col in ("metric", "median", "mean", "excluded genes"):
+    for col in ("metric", "median", "mean", "excluded genes per fold"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, s in result.summary.items():
         if name.startswith("pearson_") and not name.endswith("@50"):
             continue
         arrow = {True: " ↑", False: " ↓"}.get(result.metrics.get(name, {}).get("higher_is_better"), "")
-        median = _fmt(s.get("median"), s.get("median_sd")) if s.get("median") is not None or "n_nan" in s else ""
-        table.add_row(name + arrow, median, _fmt(s.get("mean"), s.get("sd")), str(s.get("n_nan", "")))
+        n = s.get("n_folds")
+        median = _fmt(s.get("median"), s.get("median_sd"), n) if s.get("median") is not None or "n_nan" in s else ""
+        excluded = ", ".join(str(f["scores"].get(name, {}).get("n_nan", "?")) for f in result.folds) if "n_nan" in s else ""
+        table.add_row(name + arrow, median, _fmt(s.get("mean"), s.get("sd"), n), excluded)
     console.print(table)
 
 
@@ -198,7 +221,9 @@ def list_(ctx: click.Context, kind: str, pattern: str, as_json: bool) -> None:
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """Show loaded plugins with their version and hooks, and plugins that failed to load."""
-    p = _app(ctx).plugins
+    app = _app(ctx)
+    app.report_failures = False
+    p = app.plugins
     rows = [{"name": i.name, "version": i.version, "source": i.source, "hooks": p.hooks_of(i.name)} for i in p.loaded]
     failed = [{"name": i.name, "version": i.version, "source": i.source, "error": i.error} for i in p.failures]
     if as_json:
@@ -345,63 +370,87 @@ def prepare(ctx: click.Context, name: str, folds: str, protocol: str) -> None:
     dataset.check_present()
     console = _console()
     table = Table(title=f"{name}: patch cache")
-    for col in ("slide", "spots", "kept", "padded", "dropped", "file"):
+    for col in ("slide", "spots", "kept", "padded", "dropped", "blank", "file"):
         table.add_column(col, justify="left" if col in ("slide", "file") else "right")
+    blank = {}
     with RichProgress(console) as progress:
         for slide in dataset.slides:
             path = dataset.patches(slide, progress)
             a = open_patches(path)["attrs"]
-            table.add_row(slide, str(a["n_spots_in"]), str(a["n_kept"]), str(a["n_padded"]), str(a["n_dropped"]), str(path))
+            blank[slide] = (int(a.get("n_blank") or 0), int(a["n_kept"]))
+            table.add_row(slide, str(a["n_spots_in"]), str(a["n_kept"]), str(a["n_padded"]), str(a["n_dropped"]),
+                          str(blank[slide][0]), str(path))
         fold_list = dataset.folds(folds)
         for i, fold in enumerate(fold_list):
             progress("prepare folds", i, len(fold_list), fold=fold.name)
             prepared = dataset.prepare(fold, protocol)
         progress("prepare folds", len(fold_list), len(fold_list))
     console.print(table)
+    for slide, (n_blank, n) in blank.items():
+        if n_blank:
+            click.echo(f"stbench: warning: slide '{slide}': {n_blank} of {n} patches are blank (one colour, no "
+                       f"tissue); check its image file before training on it", err=True)
     console.print(f"{len(fold_list)} fold(s) prepared ({protocol}); last: {len(prepared.genes)} genes")
 
 
 @cli.group()
 def cache() -> None:
-    """Inspect, verify or clear the shared patch cache (STBENCH_CACHE)."""
+    """Inspect, verify or clear the cache (STBENCH_CACHE): patches, prepared matrices, features, weights."""
+
+
+_KIND_HELP = "Comma list of patches, prepared, features, weights [default: all]."
+
+
+def _kind_list(kind: str | None) -> list[str] | None:
+    return [k.strip() for k in kind.split(",") if k.strip()] if kind else None
 
 
 @cache.command("ls")
+@click.option("--kind", default=None, help=_KIND_HELP)
 @click.option("--json", "as_json", is_flag=True)
-def cache_ls(as_json: bool) -> None:
-    """List cached patch files."""
-    from .patch_cache import cache_root, list_cache
+def cache_ls(kind: str | None, as_json: bool) -> None:
+    """List cached files (structure checked; `verify` reads every chunk)."""
+    from .cache_admin import entries
+    from .locations import cache_root
 
-    rows = list_cache(cache_root())
+    rows = entries(cache_root(), _kind_list(kind))
     if as_json:
         click.echo(json.dumps(rows, indent=1, default=str))
         return
     for r in rows:
         state = "valid" if r["valid"] else f"INVALID ({r['reason']})"
-        click.echo(f"{r['slide_key']:<28} {r['spec_key']:<16} {r['n_kept'] if r['n_kept'] is not None else '?':>6} spots "
-                   f"{r['size_bytes'] / 1e6:8.1f} MB  {state}")
+        if r["kind"].endswith("-temp"):
+            state = "temporary, " + r["reason"]
+        click.echo(f"{r['kind']:<14} {r['key']:<44} {r['size_bytes'] / 1e6:9.1f} MB  {state}")
     click.echo(f"{len(rows)} file(s) in {cache_root()}")
 
 
 @cache.command("verify")
-def cache_verify() -> None:
-    """Check every cached patch file; exit 1 if any is invalid."""
-    from .patch_cache import cache_root, verify_cache
+@click.option("--kind", default=None, help=_KIND_HELP)
+def cache_verify(kind: str | None) -> None:
+    """Read every cached file in full (every chunk's checksum); exit 1 if any is damaged or stale."""
+    from .cache_admin import verify
+    from .locations import cache_root
 
     bad = 0
-    for path, reason in verify_cache(cache_root()):
-        click.echo(f"{'ok' if reason is None else 'INVALID'}  {path}" + (f"  ({reason})" if reason else ""))
+    for kind_name, path, reason in verify(cache_root(), _kind_list(kind)):
+        click.echo(f"{'ok' if reason is None else 'INVALID'}  {kind_name:<9} {path}" + (f"  ({reason})" if reason else ""))
         bad += reason is not None
+    if bad:
+        click.echo(f"{bad} damaged or stale file(s): `stbench cache clear --pattern KEY` removes one; the next "
+                   f"prepare or run rebuilds it", err=True)
     sys.exit(1 if bad else 0)
 
 
 @cache.command("clear")
-@click.option("--pattern", default="*", show_default=True, help="Glob over slide keys, e.g. 'her2st/*'.")
-def cache_clear(pattern: str) -> None:
-    """Delete cached patch files (and stale temporary or lock files)."""
-    from .patch_cache import cache_root, clear_cache
+@click.option("--pattern", default="*", show_default=True, help="Glob over keys, e.g. 'her2st/*' or 'patches/her2st/C3'.")
+@click.option("--kind", default=None, help=_KIND_HELP)
+def cache_clear(pattern: str, kind: str | None) -> None:
+    """Delete cached files (with their locks, stamps and the temporaries of dead writers)."""
+    from .cache_admin import clear
+    from .locations import cache_root
 
-    click.echo(f"removed {clear_cache(cache_root(), pattern)} file(s) from {cache_root()}")
+    click.echo(f"removed {clear(cache_root(), pattern, _kind_list(kind))} file(s) from {cache_root()}")
 
 
 def main() -> None:

@@ -47,6 +47,8 @@ class Dataset(ABC):
     query_slides: tuple[str, ...] = ()
     patients: Mapping[str, str] = {}
     default_split: str = "single"
+    #: Bump when a change alters the prepared expression or patches: ``stbench bench`` reruns older results.
+    version: str = "1"
 
     def folds(self, which: str = "default") -> list[Fold]:
         """``default`` (the dataset's own split), ``single`` (the paper's query slides), ``all``
@@ -67,6 +69,9 @@ class Dataset(ABC):
                 raise DataError(f"dataset '{self.name}' has one patient; use --folds all")
             return [self._leave_out(tuple(g), f"patient={p}") for p, g in groups.items()]
         chosen = [s.strip() for s in which.split(",") if s.strip()]
+        repeated = sorted({s for s in chosen if chosen.count(s) > 1})
+        if repeated:
+            raise DataError(f"--folds names slide '{repeated[0]}' more than once; list each query slide once")
         for s in chosen:
             if s not in self.slides:
                 raise DataError(
@@ -92,7 +97,7 @@ class Dataset(ABC):
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "slides": list(self.slides), "query": list(self.query_slides),
-                "split": self.default_split}
+                "split": self.default_split, "version": self.version}
 
 
 def check_protocol(protocol: str) -> str:

@@ -37,8 +37,9 @@ def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, g
 
 
 def _sd(values: np.ndarray) -> float:
+    """Sample standard deviation; NaN for fewer than two values (one fold has no spread to show)."""
     values = values[~np.isnan(values)]
-    return float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if len(values) else float("nan"))
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def _mean(values: np.ndarray) -> float:
@@ -47,7 +48,7 @@ def _mean(values: np.ndarray) -> float:
 
 def summarise(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per metric: mean/median over genes (or the value, for per-spot metrics) averaged over
-    folds; ``sd`` and ``median_sd`` are standard deviations over folds (0 for one fold)."""
+    folds; ``sd`` and ``median_sd`` are standard deviations over folds (NaN for one fold)."""
     names: list[str] = []
     for f in folds:
         names += [n for n in f["scores"] if n not in names]

@@ -76,15 +76,23 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def missing_sources(entry: DatasetEntry, root: Path | None = None) -> list[str]:
-    """Source paths absent from the dataset folder or of the wrong size."""
+def source_problems(entry: DatasetEntry, root: Path | None = None) -> list[tuple[str, str]]:
+    """``(path, problem)`` for every source that is absent (``"missing"``) or of the wrong size
+    (``"12 bytes, expected 3990230"``) in the dataset folder."""
     folder = dataset_folder(entry, root)
     out = []
     for src in entry.sources:
         p = folder / src["path"]
-        if not p.is_file() or ("size" in src and p.stat().st_size != src["size"]):
-            out.append(src["path"])
+        if not p.is_file():
+            out.append((src["path"], "missing"))
+        elif "size" in src and p.stat().st_size != src["size"]:
+            out.append((src["path"], f"{p.stat().st_size} bytes, expected {src['size']}"))
     return out
+
+
+def missing_sources(entry: DatasetEntry, root: Path | None = None) -> list[str]:
+    """Source paths absent from the dataset folder or of the wrong size."""
+    return [path for path, _ in source_problems(entry, root)]
 
 
 class _Transient(Exception):
@@ -275,4 +283,4 @@ def fetch_dataset(entry: DatasetEntry, root: Path | None = None, mirror: str | N
     return paths
 
 
-__all__ = ["dataset_folder", "source_location", "missing_sources", "fetch_source", "fetch_dataset", "sha256_of"]
+__all__ = ["dataset_folder", "source_location", "missing_sources", "source_problems", "fetch_source", "fetch_dataset", "sha256_of"]

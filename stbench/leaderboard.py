@@ -2,6 +2,7 @@
 the markdown): same files, same bytes."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -11,8 +12,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .evaluation import summarise
+from .errors import ResultsError
 from .results import RunResult, find_results, load_result
 
+log = logging.getLogger("stbench")
 ORDER = ("rmse", "ssim", "pearson", "pearson_hvg@50", "hit@1", "hit@2", "hit@3")
 LABELS = {"rmse": "RMSE", "ssim": "SSIM", "pearson": "Pearson", "pearson_hvg@50": "Pearson HVG-50",
           "hit@1": "Hit@1", "hit@2": "Hit@2", "hit@3": "Hit@3"}
@@ -80,6 +83,10 @@ class Row:
             return None, None
         return s.get(stat), s.get("median_sd" if stat == "median" else "sd")
 
+    def shown(self, metric: str, stat: str = "mean") -> str:
+        """The cell text: mean +- sd over folds (and seeds), or ``(n=1)``."""
+        return _fmt(*self.value(metric, stat), (self.summary.get(metric) or {}).get("n_folds"))
+
 
 def rows_of(results: Sequence[RunResult]) -> list[Row]:
     groups: dict[str, list[RunResult]] = {}
@@ -93,9 +100,12 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not math.isnan(v)
 
 
-def _fmt(mean: Any, sd: Any) -> str:
+def _fmt(mean: Any, sd: Any, n: Any = None) -> str:
+    """``0.123 ± 0.010``; ``0.123 (n=1)`` for a single value, which has no spread to show."""
     if not _finite(mean):
         return "n/a"
+    if n == 1:
+        return f"{mean:.3f} (n=1)"
     return f"{mean:.3f}" + (f" ± {sd:.3f}" if _finite(sd) else "")
 
 
@@ -184,8 +194,8 @@ def _bests(rows: Sequence[Row], cols: Sequence[tuple[str, str, str, bool]]) -> d
 
 
 def _cell(row: Row, metric: str, stat: str, best: Mapping[tuple[str, str], float]) -> str:
-    mean, sd = row.value(metric, stat)
-    text = _fmt(mean, sd)
+    mean, _ = row.value(metric, stat)
+    text = row.shown(metric, stat)
     if not row.baseline and (metric, stat) in best and _finite(mean) and round(mean, 3) == round(best[(metric, stat)], 3):
         text = f"**{text}**"
     return text
@@ -246,7 +256,7 @@ def render_ablations(rows: Sequence[Row]) -> str:
                 else:
                     test = paired_wilcoxon(*pair)
                     delta, p = (f"{test.median_difference:+.3f}" if _finite(test.median_difference) else "n/a"), _p(test.p_value)
-            cells = [_fmt(*row.value(m, s)) for m, s in cols]
+            cells = [row.shown(m, s) for m, s in cols]
             lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {delta} | {p} |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
@@ -300,7 +310,7 @@ def findings(rows: Sequence[Row]) -> str:
         return ""
     out = []
     top = models[0]
-    out.append(f"- Highest mean per-gene Pearson: **{top.label}** ({_fmt(*top.value('pearson'))}).")
+    out.append(f"- Highest mean per-gene Pearson: **{top.label}** ({top.shown('pearson')}).")
     random_k = next((r for r in rows if r.baseline and r.model == "random-k" and not r.changes), None)
     if random_k is not None:
         above, not_above = [], []
@@ -381,38 +391,51 @@ def _meta(results: Sequence[RunResult]) -> str:
     return text
 
 
-def render_hits(groups: Mapping[tuple[str, str], Sequence[Row]]) -> str:
-    """The paper's Table 2 layout: Hit@1-3 of every model, datasets side by side, per protocol."""
+def render_hits(groups: Mapping[tuple[str, str, str], Sequence[Row]]) -> str:
+    """The paper's Table 2 layout: Hit@1-3 of every model, datasets side by side, per protocol and split."""
     parts = []
-    for protocol in sorted({p for _, p in groups}):
-        datasets = sorted(d for d, p in groups if p == protocol)
+    for protocol, split in sorted({(p, sp) for _, p, sp in groups}):
+        datasets = sorted(d for d, p, sp in groups if (p, sp) == (protocol, split))
         labels: list[Row] = []
         seen: set[str] = set()
         for d in datasets:
-            for row in groups[(d, protocol)]:
+            for row in groups[(d, protocol, split)]:
                 if row.label not in seen:
                     seen.add(row.label)
                     labels.append(row)
         header = "| Model | " + " | ".join(f"{d} {LABELS[h]}" for d in datasets for h in HITS) + " |"
-        lines = [f"Protocol **{protocol}**:\n", header, "|---|" + "---:|" * (len(datasets) * len(HITS))]
+        several = len({sp for _, p, sp in groups if p == protocol}) > 1
+        title = f"Protocol **{protocol}**" + (f", split **{split}**" if several else "")
+        lines = [f"{title}:\n", header, "|---|" + "---:|" * (len(datasets) * len(HITS))]
         for ref in labels:
             cells = []
             for d in datasets:
-                row = next((r for r in groups[(d, protocol)] if r.label == ref.label), None)
-                cells += [_fmt(*row.value(h)) if row is not None else "—" for h in HITS]
+                row = next((r for r in groups[(d, protocol, split)] if r.label == ref.label), None)
+                cells += [row.shown(h) if row is not None else "—" for h in HITS]
             lines.append(f"| {_name(ref)} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
+def _user_catalogue(info: Mapping[str, Any]) -> str | None:
+    """The catalogue file a dataset came from, unless it is the packaged one."""
+    path = info.get("catalogue")
+    if not path or info.get("catalogue_packaged", Path(str(path)).parts[-2:] == ("stbench", "datasets.toml")):
+        return None
+    return str(path)
+
+
 def command_of(row: Row) -> str:
-    """The ``stbench run`` command that reproduces a row (one seed shown)."""
+    """The ``stbench run`` command that reproduces a row (one seed shown); ``--catalog`` for a dataset
+    from a user catalogue."""
     r = row.runs[0]
     opts = ([f"profile={r.profile}"] if r.profile != "paper" else []) + [f"{k}={v}" for k, v in sorted(row.changes.items())]
     split = "" if r.split == r.dataset_info.get("split") else f" --folds {r.split}"
     seeds = sorted({x.seed for x in row.runs})
     seed = f" --seed {seeds[0]}" if seeds != [0] else ""
-    return (f"stbench run --model {r.model} --dataset {r.dataset} --protocol {r.protocol}{split}{seed}"
+    catalogue = _user_catalogue(r.dataset_info)
+    prefix = f"stbench --catalog {catalogue}" if catalogue else "stbench"
+    return (f"{prefix} run --model {r.model} --dataset {r.dataset} --protocol {r.protocol}{split}{seed}"
             + "".join(f" -o {o}" for o in opts))
 
 
@@ -429,18 +452,25 @@ def _figure_links(dataset: str, protocol: str, figures: Sequence[str]) -> str:
     return "\nFigures: " + " · ".join(f"[{Path(f).name[len(dataset) + len(protocol) + 2:-4]}]({f})" for f in sorted(mine)) + "\n"
 
 
+def _split(result: RunResult) -> str:
+    return str(result.split)
+
+
 def render(results: Sequence[RunResult], figures: Sequence[str] = ()) -> str:
     """Markdown for ``results``; ``figures`` are PNG paths relative to the markdown, linked from
-    the board whose ``{dataset}.{protocol}.`` prefix they carry."""
-    by_group: dict[tuple[str, str], list[RunResult]] = {}
+    the board whose ``{dataset}.{protocol}.`` prefix they carry. Runs of different splits (folds) are
+    never ranked in one table: each (dataset, protocol, split) is its own board."""
+    by_group: dict[tuple[str, str, str], list[RunResult]] = {}
     for r in results:
-        by_group.setdefault((r.dataset, r.protocol), []).append(r)
+        by_group.setdefault((r.dataset, r.protocol, _split(r)), []).append(r)
     groups = {k: rows_of(v) for k, v in by_group.items()}
     parts = [HEADER]
     if not groups:
         parts.append("\nNo results yet: run `stbench run --model M --dataset D` first.\n")
-    for (dataset, protocol), rows in sorted(groups.items()):
-        parts.append(f"\n## {dataset} · {protocol}\n\n{_meta(by_group[(dataset, protocol)])}\n{render_table(rows)}")
+    for (dataset, protocol, split), rows in sorted(groups.items()):
+        several = len({sp for d, p, sp in groups if (d, p) == (dataset, protocol)}) > 1
+        title = f"{dataset} · {protocol}" + (f" · split {split}" if several else "")
+        parts.append(f"\n## {title}\n\n{_meta(by_group[(dataset, protocol, split)])}\n{render_table(rows)}")
         text = findings(rows)
         if text:
             parts.append(f"\nWhat these results show (and do not):\n\n{text}")
@@ -458,7 +488,15 @@ def render(results: Sequence[RunResult], figures: Sequence[str] = ()) -> str:
 
 
 def load_all(results_dir: str | os.PathLike) -> list[RunResult]:
-    return [load_result(p) for p in find_results(results_dir)]
+    """Every results file under ``results_dir``; a foreign, malformed or empty one is skipped with one
+    warning naming it (the rest still render)."""
+    out = []
+    for path in find_results(results_dir):
+        try:
+            out.append(load_result(path))
+        except ResultsError as e:
+            log.warning("skipped: %s", e)
+    return out
 
 
 def figure_files(figures_dir: str | os.PathLike | None, relative_to: str | os.PathLike) -> list[str]:

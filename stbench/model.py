@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from .options import check_options, check_seed
 from .slide import SlidePatches
 
 
@@ -32,6 +33,8 @@ class ModelCard:
 class Model(ABC):
     name: ClassVar[str]
     card: ClassVar[ModelCard]
+    #: Bump when a change alters what the model predicts: ``stbench bench`` reruns results of another version.
+    version: ClassVar[str] = "1"
     profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Model(ABC):
         self.options = options if options is not None else type(self).Options()
         if not dataclasses.is_dataclass(self.options):
             raise TypeError(f"{type(self).__name__}: options must be an Options dataclass instance")
+        check_options(self.options, self.name)
+        check_seed(seed)
         self.device, self.seed, self.protocol = device, seed, protocol
         self.workdir = Path(workdir) if workdir is not None else None
         self._progress = progress

@@ -1,9 +1,21 @@
-"""``-o key=value`` strings -> a model's frozen ``Options`` dataclass, with typed errors."""
+"""``-o key=value`` strings -> a model's frozen ``Options`` dataclass, with typed errors.
+
+Ranges are declared where the option is, with :func:`option`::
+
+    lr: float = option(1e-3, gt=0)
+    dropout: float = option(0.1, ge=0, lt=1)
+
+:func:`check_options` enforces them (and that every float is finite) for options built from the
+command line and for options a caller constructs directly; a subclass that only changes a default
+(``batch_size: int = 256``) keeps the range its base class declared.
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
@@ -65,6 +77,61 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise OptionError(f"{where} has an unsupported type {tp!r}")  # a plugin bug, named clearly
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed interval of a numeric option; ``None`` ends are open."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def violated(self, value: float) -> bool:
+        return ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+
+    def describe(self) -> str:
+        low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else ""
+        high = f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else ""
+        return " and ".join(x for x in (low, high) if x)
+
+
+def option(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A dataclass field with a declared range, checked by :func:`check_options`."""
+    return dataclasses.field(default=default, metadata={"stbench.bounds": Bounds(ge, gt, le, lt)})
+
+
+def _bounds(opts_cls: type, name: str) -> Bounds | None:
+    for klass in opts_cls.__mro__:
+        fields = getattr(klass, "__dataclass_fields__", {})
+        if name in fields and "stbench.bounds" in fields[name].metadata:
+            return fields[name].metadata["stbench.bounds"]
+    return None
+
+
+def check_options(options: Any, model: str) -> Any:
+    """Raise OptionError naming the first option outside its declared range, or a non-finite float."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        where = f"option '{f.name}' of model '{model}'"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{where} must be a finite number, got {value}")
+        bounds = _bounds(type(options), f.name)
+        if bounds is not None and bounds.violated(value):
+            raise OptionError(f"{where} must be {bounds.describe()}, got {value:g}")
+    return options
+
+
+def check_seed(seed: Any) -> int:
+    """Seeds are non-negative integers (numpy's generators refuse negative ones)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, got {seed!r}; pass --seed 0 or higher")
+    return seed
+
+
 def build_options(model_cls: type, pairs: Sequence[str] | Mapping[str, Any] = ()) -> tuple[Any, str]:
     """Options for ``model_cls`` from ``key=value`` strings; ``profile=NAME`` applies a preset first.
 
@@ -89,9 +156,10 @@ def build_options(model_cls: type, pairs: Sequence[str] | Mapping[str, Any] = ()
                 raise OptionError(f"model '{model_cls.name}' has no option '{key}'{hint}")
             values[key] = _coerce(value, hints[key], f"option '{key}' of model '{model_cls.name}'")
     try:
-        return opts_cls(**values), profile
+        options = opts_cls(**values)
     except (TypeError, ValueError) as e:
         raise OptionError(f"model '{model_cls.name}': {e}") from None
+    return check_options(options, model_cls.name), profile
 
 
 def options_dict(options: Any) -> dict[str, Any]:

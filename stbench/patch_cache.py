@@ -40,7 +40,6 @@ Design choices:
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import math
@@ -57,10 +56,15 @@ from .atomic import atomic_path
 from .errors import DataError
 from .image_reader import READER_VERSION as IMAGE_READER_VERSION
 from .image_reader import open_image
+from .locations import cache_root  # noqa: F401  (re-exported: older plugins import it from here)
 
 log = logging.getLogger("stbench")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: A patch is blank when every pixel value lies within this many levels of one value (no tissue).
+BLANK_RANGE = 2
+#: Bytes of patches read at once when every chunk is verified.
+VERIFY_BYTES = 64 * 1024 * 1024
 COMPRESSION = None
 #: New rows read per band: BAND_BYTES // (3 * band width), rounded down to whole tile/strip rows.
 BAND_BYTES = 32 * 1024 * 1024
@@ -72,16 +76,6 @@ Progress = Callable[..., None]
 
 
 # ------------------------------------------------------------------------------------ locations
-
-
-def cache_root() -> Path:
-    """``$STBENCH_CACHE`` if set, else the platform's user cache folder for stbench."""
-    env = os.environ.get("STBENCH_CACHE", "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("stbench"))
 
 
 @dataclass(frozen=True)
@@ -244,31 +238,98 @@ def ensure_patches(image_path: str | os.PathLike, coords_xy: Any, barcodes: Any,
     coords, bcs, g = _check_inputs(coords_xy, barcodes, grid, image_path)
     expected = _expected_attrs(image_path, coords, bcs, g, spec, image_scale, source_um_per_px,
                                source_sha256, reader_version)
-    if out.exists() and validate_patches(out, expected) is None:
+    if out.exists() and _usable(out, expected) is None:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write the patch cache in {out.parent} ({e.strerror}); set STBENCH_CACHE to a writable folder") from None
     with FileLock(str(out) + ".lock"):
         if out.exists():  # another builder may have finished while we waited
-            reason = validate_patches(out, expected)
+            reason = _usable(out, expected)
             if reason is None:
                 return out
             log.warning("rebuilding %s: %s", out, reason)
             out.unlink()
         else:
             log.info("building %s", out)
-        _remove_stale_tmp(out)
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # builders hold the lock: these are a killed build's
+            tmp.unlink(missing_ok=True)
         return _build(image_path, coords, bcs, g, out, spec, image_scale=image_scale,
                       source_um_per_px=source_um_per_px, source_sha256=source_sha256,
                       reader_version=reader_version, progress=progress)
 
 
-def _remove_stale_tmp(out: Path) -> int:
-    """Delete temporary files of ``out`` left by a killed build (call with ``out``'s lock held)."""
-    n = 0
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
+def _usable(path: Path, expected: dict[str, Any]) -> str | None:
+    """None when ``path`` matches ``expected`` and every chunk passed its checksum since the file last
+    changed (a stamp beside it records the verified size, mtime and inode), else why not."""
+    reason = validate_patches(path, expected)
+    if reason is None and not is_verified(path):
+        reason = check_chunks(path)
+        if reason is None:
+            mark_verified(path)
+    return reason
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _identity(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def is_verified(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(_stamp(path).read_text()) == _identity(path)
+    except (OSError, ValueError):
+        return False
+
+
+def mark_verified(path: Path) -> None:
+    import json
+
+    from .atomic import write_text
+
+    write_text(_stamp(path), json.dumps(_identity(path)))
+
+
+def forget_verified(path: Path) -> None:
+    _stamp(path).unlink(missing_ok=True)
+
+
+def check_chunks(path: str | os.PathLike) -> str | None:
+    """Read every patch (each chunk's Fletcher-32 checksum is checked on read); None when all pass,
+    else which patch failed."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            images = f["images"]
+            n = images.shape[0]
+            block = max(1, VERIFY_BYTES // max(1, int(np.prod(images.shape[1:]))))
+            for start in range(0, n, block):
+                try:
+                    images[start:start + block]
+                except OSError:
+                    for i in range(start, min(n, start + block)):
+                        try:
+                            images[i]
+                        except OSError as e:
+                            return f"damaged: patch {i} fails its checksum ({_first_line(e)})"
+            for name in ("barcodes", "coords", "grid"):
+                f[name][()]
+    except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError for damaged files
+        return f"unreadable: {_first_line(e)}"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _resize(crop: np.ndarray, p: int) -> np.ndarray:
@@ -349,20 +410,27 @@ def _build(image_path: Path, coords_xy: Any, barcodes: Any, grid: Any, out: Path
                 images = f.create_dataset("images", shape=(n_kept, p, p, 3), dtype=np.uint8,
                                           chunks=(1, p, p, 3), compression=COMPRESSION,
                                           fletcher32=True)
-                _cut_bands(src, images, x0, y0, side, p, progress, task=f"patches {out.parent.name}/{out.stem}")
+                n_blank = _cut_bands(src, images, x0, y0, side, p, progress, task=f"patches {out.parent.name}/{out.stem}")
+                f.attrs["n_blank"] = n_blank
                 f.attrs["complete"] = True
+    mark_verified(out)
+    if n_blank:
+        log.warning("%s: %d of %d patches are blank (every pixel one colour): the image shows no tissue at "
+                    "%s spots; check that it is the right image (an all-black or empty image?)",
+                    image_path, n_blank, n_kept, "these" if n_blank < n_kept else "any of its")
     log.debug("built %s: %d patches in %.1f s", out, n_kept, time.perf_counter() - t0)
     return out
 
 
 def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int, p: int,
-               progress: Progress | None, task: str) -> None:
+               progress: Progress | None, task: str) -> int:
     """Cut crops ``[y0:y0+side, x0:x0+side]`` into ``images`` from a rolling band buffer.
 
     Spots are sorted by row. The buffer spans the columns all crops need and, per band, the rows
     from the first remaining crop's top to ``end``; the rows it already holds (less than one crop)
     are kept and only new rows are read, in pieces aligned to the image's tile/strip rows, so each
     tile is decoded once. Memory: the buffer, ``(side + step + chunk_rows)`` rows, plus one piece.
+    Returns the number of blank patches (see :data:`BLANK_RANGE`).
     """
     n = len(x0)
     xa, xb = int(x0.min()), int(x0.max()) + side
@@ -375,7 +443,7 @@ def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int,
     last = -(-(int(ys[-1]) + side) // cr) * cr  # no read goes below the last crop's tile row
     buf = np.empty((min(side + step, last - int(ys[0])) + cr, xw, 3), dtype=np.uint8)
     buf_y0 = buf_y1 = 0
-    pos = done = 0
+    pos = done = n_blank = 0
     if progress is not None:
         progress(task, 0, n)
     while pos < n:
@@ -397,11 +465,14 @@ def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int,
         for k in np.sort(order[pos:j]):  # increasing output index: sequential chunk writes
             oy, ox = int(y0[k]) - buf_y0, int(x0[k]) - xa
             crop = buf[oy:oy + side, ox:ox + side]
-            images[int(k)] = _resize(crop, p) if side != p else crop
+            patch = _resize(crop, p) if side != p else crop
+            images[int(k)] = patch
+            n_blank += int(patch.max()) - int(patch.min()) <= BLANK_RANGE
         done += j - pos
         pos = j
         if progress is not None:
             progress(task, done, n)
+    return n_blank
 
 
 def _nan(v: float | None) -> float:
@@ -466,8 +537,7 @@ def validate_patches(path: str | os.PathLike, expected: dict[str, Any] | None = 
                 if not _same(attrs[key], want):
                     return f"attrs {key} {_norm(attrs[key])} != {_norm(want)}"
     except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError for damaged files
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"unreadable: {text}"
+        return f"unreadable: {_first_line(e)}"
     return None
 
 
@@ -541,6 +611,14 @@ class H5Images:
         return data[inverse.reshape(index.shape)]
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self._getitem(key)
+        except OSError as e:  # a chunk failed its checksum, or the file was cut
+            forget_verified(Path(self.path))
+            raise DataError(f"patch file {self.path} is damaged ({_first_line(e)}); rerun the command: "
+                            f"stbench then checks every patch and rebuilds the file") from None
+
+    def _getitem(self, key: Any) -> np.ndarray:
         rest: tuple = ()
         if isinstance(key, tuple):
             key, rest = (key[0], key[1:]) if key else (slice(None), ())
@@ -617,28 +695,15 @@ def open_patches(path: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- cache management
 
 
-def _h5_files(root: Path) -> list[Path]:
-    base = root / "patches"
-    return sorted(p for p in base.rglob("*.h5") if p.is_file() and not p.name.startswith(".")) if base.is_dir() else []
-
-
-def _keys(root: Path, path: Path) -> tuple[str, str]:
-    rel = path.relative_to(root / "patches")
-    return rel.parent.as_posix(), path.stem
-
-
-def _verify_one(path: Path) -> str | None:
-    """Structure, then whether the source image (if still there) changed since the build."""
+def source_changed(path: str | os.PathLike) -> str | None:
+    """Why the source image (if still there) no longer matches the one the file was cut from, or None."""
     import h5py
 
-    reason = validate_patches(path)
-    if reason is not None:
-        return reason
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _norm(v) for k, v in f.attrs.items()}
-    except Exception as e:  # pragma: no cover - validate_patches opened it a moment ago
-        return f"unreadable: {e}"
+    except Exception as e:
+        return f"unreadable: {_first_line(e)}"
     src = Path(str(attrs.get("source_path", "")))
     if attrs.get("source_path") and src.is_file():
         st = src.stat()
@@ -650,90 +715,42 @@ def _verify_one(path: Path) -> str | None:
 
 
 def list_cache(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """One dict per cached patch file: ``path``, ``slide_key``, ``spec_key``, ``n_kept``,
-    ``size_bytes`` (also as ``size``), ``complete``, ``valid`` (bool) and ``reason`` (None when
-    valid, else why not: structure, or the source image changed since the build)."""
+    """One dict per cached patch file: ``path``, ``slide_key``, ``spec_key``, ``n_kept``, ``n_blank``,
+    ``size_bytes`` (also as ``size``), ``complete``, ``valid`` and ``reason`` (structure, or the source
+    image changed since the build). :mod:`stbench.cache_admin` covers every kind of cached file."""
     import h5py
 
-    root = Path(root) if root is not None else cache_root()
+    from .cache_admin import entries
+
     rows = []
-    for path in _h5_files(root):
-        slide_key, spec_key = _keys(root, path)
-        n_kept, complete = None, False
+    for row in entries(root, ["patches"]):
+        if row["kind"] != "patches":
+            continue
+        path = row["path"]
+        attrs: dict[str, Any] = {}
         try:
             with h5py.File(path, "r") as f:
-                n_kept = _norm(f.attrs.get("n_kept"))
-                complete = _norm(f.attrs.get("complete")) is True
+                attrs = {k: _norm(f.attrs.get(k)) for k in ("n_kept", "n_blank", "complete")}
         except Exception:
             pass
-        reason = _verify_one(path)
-        size = path.stat().st_size
-        rows.append({"path": path, "slide_key": slide_key, "spec_key": spec_key, "n_kept": n_kept,
-                     "size_bytes": size, "size": size, "complete": complete, "valid": reason is None,
-                     "reason": reason})
+        slide_key, _, spec_key = row["key"].rpartition("/")
+        rows.append({"path": path, "slide_key": slide_key, "spec_key": spec_key, "n_kept": attrs.get("n_kept"),
+                     "n_blank": attrs.get("n_blank"), "size_bytes": row["size_bytes"], "size": row["size_bytes"],
+                     "complete": attrs.get("complete") is True, "valid": row["valid"], "reason": row["reason"]})
     return rows
 
 
 def verify_cache(root: str | os.PathLike | None = None) -> list[tuple[Path, str | None]]:
-    """``(path, reason or None)`` for every cached patch file (structure + source unchanged)."""
-    root = Path(root) if root is not None else cache_root()
-    return [(path, _verify_one(path)) for path in _h5_files(root)]
+    """``(path, reason or None)`` for every cached patch file: structure, every chunk's checksum, and
+    whether the source image changed since the build."""
+    from .cache_admin import verify
+
+    return [(path, reason) for _, path, reason in verify(root, ["patches"])]
 
 
 def clear_cache(root: str | os.PathLike | None = None, pattern: str = "*") -> int:
-    """Delete cached patch files whose slide key (or ``<slide key>/<spec key>``) matches the glob
-    ``pattern``, with their stale temporary and lock files. Files whose lock is held (a build in
-    progress) are skipped. Returns the number of data files removed (``.h5`` and ``.tmp``)."""
-    from filelock import FileLock, Timeout
+    """Delete cached patch files whose slide key (or ``<slide key>/<spec key>``) matches ``pattern``,
+    with their temporary, lock and stamp files; see :func:`stbench.cache_admin.clear`."""
+    from .cache_admin import clear
 
-    root = Path(root) if root is not None else cache_root()
-    base = root / "patches"
-    if not base.is_dir():
-        return 0
-
-    def matches(folder: Path, stem: str) -> bool:
-        slide_key = folder.relative_to(base).as_posix()
-        return fnmatch.fnmatchcase(slide_key, pattern) or fnmatch.fnmatchcase(f"{slide_key}/{stem}", pattern)
-
-    targets: dict[Path, list[Path]] = {}  # target .h5 -> data files to remove
-    for p in base.rglob("*"):
-        if not p.is_file():
-            continue
-        m = re.match(r"^\.(.+\.h5)\.[^.]+\.tmp$", p.name)
-        if m:
-            target = p.parent / m.group(1)
-        elif p.name.endswith(".h5.lock"):
-            target = p.parent / p.name[: -len(".lock")]
-        elif p.suffix == ".h5":
-            target = p
-        else:
-            continue
-        if matches(target.parent, Path(target.name).stem):
-            targets.setdefault(target, [])
-            if not p.name.endswith(".lock"):
-                targets[target].append(p)
-    removed = 0
-    for target, files in targets.items():
-        lock_path = Path(str(target) + ".lock")
-        lock = FileLock(str(lock_path), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            log.warning("skipping %s: a build holds its lock", target)
-            continue
-        try:
-            for p in files:
-                try:
-                    p.unlink()
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-            lock_path.unlink(missing_ok=True)
-        finally:
-            lock.release()
-    for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            d.rmdir()
-        except OSError:
-            pass
-    return removed
+    return clear(root, pattern, ["patches"])

@@ -3,8 +3,10 @@ docs/results-schema.md; bump the version on any incompatible change."""
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -21,6 +23,7 @@ from .atomic import write_text
 from .errors import ResultsError
 
 SCHEMA = "stbench.results/1"
+log = logging.getLogger("stbench")
 
 
 def pack_floats(values: np.ndarray) -> dict[str, Any]:
@@ -167,7 +170,52 @@ def load_result(path: str | os.PathLike) -> RunResult:
     missing = sorted(_FIELDS - set(data) - {"extra"})
     if missing:
         raise ResultsError(f"results file {path} lacks {', '.join(missing)}; delete it and rerun the run")
-    return RunResult(**{k: v for k, v in data.items() if k in _FIELDS and not (k == "extra" and v is None)})
+    result = RunResult(**{k: v for k, v in data.items() if k in _FIELDS and not (k == "extra" and v is None)})
+    _rescore(result, path)
+    return result
+
+
+def _rescore(result: RunResult, path: Path) -> None:
+    """Recompute what the file derives from its per-fold, per-gene values: each fold's per-gene metric
+    summaries and the run summary (a cache of the folds, not the record). A summary that disagrees with
+    its folds (an edited file) is replaced, with a warning naming the file."""
+    from .evaluation import summarise
+    from .metrics import gene_summary
+
+    if not isinstance(result.folds, list) or not result.folds:
+        raise ResultsError(f"results file {path} has no folds; it records no scores: delete it and rerun the run")
+    for i, fold in enumerate(result.folds):
+        if not isinstance(fold, dict) or not isinstance(fold.get("scores"), dict) or not isinstance(fold.get("per_gene", {}), dict):
+            raise ResultsError(f"results file {path}: fold {i} is malformed; delete it and rerun the run")
+        for metric, packed in fold.get("per_gene", {}).items():
+            try:
+                values = unpack_floats(packed)
+            except (KeyError, TypeError, ValueError, zlib.error, binascii.Error):
+                raise ResultsError(f"results file {path}: fold {i} has malformed per-gene '{metric}' values; "
+                                   f"delete it and rerun the run") from None
+            fold["scores"][metric] = clean(gene_summary(values))
+    try:
+        summary = clean(summarise(result.folds))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ResultsError(f"results file {path}: its fold scores are malformed; delete it and rerun the run") from None
+    edited = sorted(m for m in set(summary) | set(result.summary)
+                    if not _close(summary.get(m), result.summary.get(m) if isinstance(result.summary, dict) else None))
+    if edited:
+        log.warning("results file %s: summary of %s does not match its folds (edited?); using the folds",
+                    path, ", ".join(edited[:5]))
+    result.summary = summary
+
+
+def _close(a: Any, b: Any) -> bool:
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    for key in ("mean", "median"):
+        x, y = a.get(key), b.get(key)
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not math.isclose(float(x), float(y), rel_tol=1e-5, abs_tol=1e-6):
+            return False
+    return True
 
 
 def find_results(directory: str | os.PathLike) -> list[Path]:

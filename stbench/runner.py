@@ -13,7 +13,7 @@ import numpy as np
 from .dataset import check_protocol
 from .errors import DataError, StbenchError
 from .evaluation import score_slide, summarise
-from .options import build_options, changed_options, options_dict, profile_changes
+from .options import build_options, changed_options, check_seed, options_dict, profile_changes
 from .plugins import Plugins
 from .predictions import SlidePredictions, predictions_path, write_predictions
 from .results import RunResult, config_hash, environment, result_path
@@ -62,6 +62,7 @@ def _check_prediction(pred: Any, n_spots: int, n_genes: int, model: str, slide: 
 def plan(plugins: Plugins, req: RunRequest) -> dict[str, Any]:
     """Resolve names and options without running anything; the result identifies the run."""
     check_protocol(req.protocol)
+    check_seed(req.seed)
     model_cls = plugins.models.get(req.model)
     dataset = plugins.datasets.get(req.dataset)
     options, profile = build_options(model_cls, req.options)
@@ -70,7 +71,31 @@ def plan(plugins: Plugins, req: RunRequest) -> dict[str, Any]:
               "profile": profile, "options": options_dict(options),
               "folds": [[f.name, list(f.reference), list(f.query)] for f in folds]}
     return {"model_cls": model_cls, "dataset": dataset, "options": options, "profile": profile,
-            "folds": folds, "config": config, "hash": config_hash(config)}
+            "folds": folds, "config": config, "hash": config_hash(config),
+            "versions": code_versions(plugins, req.model, model_cls, dataset)}
+
+
+def code_versions(plugins: Plugins, model: str, model_cls: type, dataset: Any) -> dict[str, Any]:
+    """The versions of the code a run's numbers depend on: stbench, the model's plugin, the model
+    (``Model.version``) and the dataset's preparation (``Dataset.version``). ``stbench bench`` reruns a
+    result recorded with other versions instead of keeping numbers the current code would not give."""
+    from . import __version__
+
+    origin = plugins.models.origin(model)
+    plugin_version = next((i.version for i in plugins.loaded if i.name == origin), None)
+    return {"stbench": __version__, "plugin": plugin_version, "model": str(getattr(model_cls, "version", "1")),
+            "dataset": str(getattr(dataset, "version", "1"))}
+
+
+def stale_reason(result: RunResult, versions: dict[str, Any]) -> str | None:
+    """Why ``result`` was made by other code than ``versions`` describes, or None. Files written before
+    versions were recorded are compared on what they do record (stbench and plugin versions)."""
+    recorded = result.extra.get("versions") or {"stbench": result.environment.get("stbench"),
+                                                "plugin": result.plugin.get("version")}
+    for key, now in versions.items():
+        if key in recorded and recorded[key] != now:
+            return f"made with {key} version {recorded[key]}, now {now}"
+    return None
 
 
 def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
@@ -125,7 +150,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         folds=fold_records, summary=summarise(fold_records), environment=environment(device),
         wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"])},
+        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"]},
     )
     if saved:
         write_predictions(predictions_path(target), saved,

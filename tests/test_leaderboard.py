@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +58,20 @@ def test_cli_writes_and_checks(cli, results_dir, tmp_path):
     assert stale.exit_code == 1 and "is stale" in stale.stderr
 
 
-def test_corrupt_results_file_is_named(cli, results_dir, tmp_path):
+def test_a_corrupt_or_foreign_results_file_is_skipped_with_one_warning_naming_it(cli, results_dir, tmp_path):
     d = tmp_path / "r"
-    d.mkdir()
+    shutil.copytree(results_dir, d)
+    good = cli("leaderboard", "--results", str(d), "--out", str(tmp_path / "good.md"))
+    assert good.exit_code == 0 and good.stderr == ""
     (d / "bad.json").write_text("{ not json")
-    result = cli("leaderboard", "--results", str(d))
-    assert result.exit_code == 2
-    assert result.stderr.strip() == f"stbench: error: results file {d / 'bad.json'} is unreadable (JSONDecodeError); delete it and rerun the run"
-    (d / "bad.json").write_text(json.dumps({"schema": "other/9"}))
-    assert "has schema 'other/9'" in cli("leaderboard", "--results", str(d)).stderr
+    (d / "foreign.json").write_text(json.dumps({"schema": "other/9"}))
+    result = cli("leaderboard", "--results", str(d), "--out", str(tmp_path / "board.md"))
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        f"stbench: warning: skipped: results file {d / 'bad.json'} is unreadable (JSONDecodeError); delete it and rerun the run",
+        f"stbench: warning: skipped: results file {d / 'foreign.json'} has schema 'other/9', expected 'stbench.results/1'; rerun the run",
+    ]
+    assert (tmp_path / "board.md").read_text() == (tmp_path / "good.md").read_text()
 
 
 def test_missing_results_folder(cli, tmp_path):

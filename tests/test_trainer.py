@@ -3,8 +3,10 @@ import json
 import numpy as np
 import torch
 
-from stbench.loader import PatchDataset
-from stbench.nn.trainer import fit, load_checkpoint, reference_split, save_checkpoint, split_spots
+import pytest
+
+from stbench.loader import PatchDataset, make_loader
+from stbench.nn.trainer import evaluate, fit, load_checkpoint, reference_split, save_checkpoint, split_spots
 from stbench.testing import tiny_fold
 
 
@@ -31,11 +33,15 @@ def test_fit_keeps_the_best_validation_epoch_and_writes_history(tmp_path):
         return ((net(images.float() / 255) - targets) ** 2).mean()
 
     train_rows, val_rows = reference_split(fold.train, "spots", 0.2, 0)
+    val = PatchDataset(fold.train, augment=False, rows=val_rows)
     history = fit(net, loss_of, torch.optim.SGD(net.parameters(), lr=0.05), PatchDataset(fold.train, rows=train_rows),
-                  PatchDataset(fold.train, augment=False, rows=val_rows), epochs=4, batch_size=16, device="cpu", seed=0,
-                  workdir=tmp_path)
+                  val, epochs=4, batch_size=16, device="cpu", seed=0, workdir=tmp_path)
     vals = [e["val_loss"] for e in history.epochs]
     assert history.best_epoch == int(np.argmin(vals)) + 1
+    # the weights left in the module are the best epoch's, not the last epoch's
+    restored = evaluate(net, loss_of, make_loader(val, 16, shuffle=False), "cpu")
+    assert history.best_epoch < len(vals) and restored == pytest.approx(min(vals), rel=1e-6)
+    assert restored < vals[-1] / 10
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["best_epoch"] == history.best_epoch and len(saved["epochs"]) == 4
 

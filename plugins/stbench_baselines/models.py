@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from stbench import Model, ModelCard, SlidePatches
+from stbench.options import option
 
 
 def _stack_expression(train: Sequence[SlidePatches]) -> np.ndarray:
@@ -58,11 +59,7 @@ class RandomKModel(Model):
 
     @dataclass(frozen=True)
     class Options:
-        k: int = 50
-
-        def __post_init__(self) -> None:
-            if self.k < 1:
-                raise ValueError("option 'k' must be >= 1")
+        k: int = option(50, ge=1)
 
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
         self.reference = _stack_expression(train)

@@ -21,6 +21,7 @@ import numpy as np
 
 from stbench import Model, ModelCard, SlidePatches
 from stbench.errors import DataError
+from stbench.options import option
 
 #: CPU preset: the same 112 px field of view downsampled to 32 px, a 4-layer 256-wide transformer
 #: (4 heads x 64, MLP 512), raw pixels as upstream, Adam 1e-3 for 150 epochs (a fold of 4 reference
@@ -32,32 +33,21 @@ QUICK = {"input_px": 32, "dim": 256, "depth": 4, "heads": 4, "dim_head": 64, "ml
 
 @dataclass(frozen=True)
 class HisToGeneOptions:
-    patch_crop: int = 112
-    input_px: Optional[int] = None
+    patch_crop: int = option(112, ge=1)
+    input_px: Optional[int] = option(None, ge=1)
     input_norm: Literal["raw", "unit", "dataset"] = "raw"
-    dim: int = 1024
-    depth: int = 8
-    heads: int = 16
-    dim_head: int = 64
-    mlp_dim: int = 2048
-    dropout: float = 0.1
-    n_pos: int = 64
+    dim: int = option(1024, ge=1)
+    depth: int = option(8, ge=1)
+    heads: int = option(16, ge=1)
+    dim_head: int = option(64, ge=1)
+    mlp_dim: int = option(2048, ge=1)
+    dropout: float = option(0.1, ge=0, lt=1)
+    n_pos: int = option(64, ge=1)
     positions: Literal["raw", "shift"] = "raw"
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    epochs: int = 100
-    embed_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("patch_crop", "dim", "depth", "heads", "dim_head", "mlp_dim", "n_pos", "epochs", "embed_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"option '{name}' must be >= 1")
-        if self.input_px is not None and self.input_px < 1:
-            raise ValueError("option 'input_px' must be >= 1 (or none)")
-        if not 0 <= self.dropout < 1:
-            raise ValueError("option 'dropout' must be in [0, 1)")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError("options 'lr' and 'weight_decay' must be >= 0")
+    lr: float = option(1e-5, ge=0)
+    weight_decay: float = option(0.0, ge=0)
+    epochs: int = option(100, ge=1)
+    embed_chunk: int = option(256, ge=1)
 
 
 def build_network(opts: HisToGeneOptions, in_features: int, n_genes: int) -> Any:
@@ -200,7 +190,7 @@ class HisToGene(Model):
         import torch.nn.functional as F
 
         from stbench.atomic import write_text
-        from stbench.nn.trainer import History, autocast, seed_everything
+        from stbench.nn.trainer import History, autocast, check_finite_loss, check_finite_weights, seed_everything
 
         self.genes, self.opts, self.in_features = list(genes), self.options, None
         opts = self.opts
@@ -240,11 +230,13 @@ class HisToGene(Model):
                 with autocast(self.device):
                     pred = net(tokens, pos)
                 loss = F.mse_loss(pred.float(), target)
+                value = check_finite_loss(loss, epoch, step, len(data), optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total, count = total + float(loss.detach()) * len(tokens), count + len(tokens)
+                total, count = total + value * len(tokens), count + len(tokens)
                 self.report("train", epoch * len(data) + step + 1, steps, epoch=epoch + 1, loss=total / count)
+            check_finite_weights(net, epoch)
             history.epochs.append({"epoch": epoch + 1, "train_loss": total / count})
         history.best_epoch = opts.epochs  # the last epoch, as upstream (no validation)
         self.net, self.history = net, history

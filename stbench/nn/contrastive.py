@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Sequence
 import numpy as np
 
 from ..model import Model
+from ..options import option
 from ..slide import SlidePatches
 
 
@@ -28,34 +29,27 @@ class ContrastiveOptions:
     encoder: str = "resnet50"
     pretrained: bool = True
     weights: Optional[str] = None
-    projection_dim: int = 256
+    projection_dim: int = option(256, ge=1)
     spot_projection: bool = True
     loss: Literal["heclip", "bleep", "clip"] = "bleep"
     retrieval_key: Literal["image", "spot"] = "spot"
-    dropout: float = 0.1
-    temperature: float = 1.0
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    views: int = 1
+    dropout: float = option(0.1, ge=0, lt=1)
+    temperature: float = option(1.0, gt=0)
+    epochs: int = option(15, ge=1)
+    batch_size: int = option(128, ge=2)
+    lr: float = option(1e-3, ge=0)
+    weight_decay: float = option(1e-3, ge=0)
+    views: int = option(1, ge=1)
     augment: bool = True
     val: Literal["spots", "slice"] = "spots"
-    val_fraction: float = 0.2
-    top_k: int = 50
+    val_fraction: float = option(0.2, ge=0, lt=1)
+    top_k: int = option(50, ge=1)
     aggregation: Literal["mean", "weighted", "top1"] = "mean"
-    input_px: Optional[int] = None
-    input_crop: Optional[int] = None
+    input_px: Optional[int] = option(None, ge=1)
+    input_crop: Optional[int] = option(None, ge=1)
     input_style: Literal["auto", "paper", "strict"] = "auto"
     eval_augment: Optional[bool] = None
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "top_k", "projection_dim", "views"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"option '{name}' must be >= 1")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError("option 'val_fraction' must be in [0, 1)")
+    workers: int = option(0, ge=0)
 
 
 def build_network(opts: ContrastiveOptions, n_genes: int) -> Any:

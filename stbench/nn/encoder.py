@@ -2,9 +2,10 @@
 from a local file, or from an installed weights package."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import StbenchError
 
@@ -26,22 +27,30 @@ def packaged_weights_path(name: str) -> Path | None:
 
 
 def download_weights(url: str) -> Path:
-    """Download a weights file once into the stbench cache (``STBENCH_CACHE``/weights)."""
+    """Download a weights file once into the stbench cache (``STBENCH_CACHE``/weights); its sha256 is
+    recorded beside it (``<file>.sha256``) and checked on every later use."""
     import hashlib
-    import os
 
-    import platformdirs
     import torch
 
-    root = Path(os.environ.get("STBENCH_CACHE") or platformdirs.user_cache_dir("stbench")) / "weights"
+    from ..atomic import atomic_path, write_text
+    from ..fetch import sha256_of
+    from ..locations import cache_dir
+
+    root = cache_dir("weights")
     target = root / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{Path(url.split('?')[0]).name}"
-    if not target.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(target), progress=False)
-        except Exception as e:
-            raise StbenchError(f"cannot download weights from {url} ({type(e).__name__}); check the URL or "
-                               f"pass -o weights=PATH to a local file") from None
+    record = target.with_name(target.name + ".sha256")
+    if target.is_file() and record.is_file():
+        if sha256_of(target) == record.read_text().split()[0]:
+            return target
+        target.unlink()
+    try:
+        with atomic_path(target) as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), progress=False)
+    except Exception as e:
+        raise StbenchError(f"cannot download weights from {url} ({type(e).__name__}); check the URL or "
+                           f"pass -o weights=PATH to a local file") from None
+    write_text(record, f"{sha256_of(target)}  {target.name}\n")
     return target
 
 
@@ -107,11 +116,49 @@ def create_encoder(name: str = "resnet50", pretrained: bool = True, weights: str
     if packaged is not None:
         load_into(model, read_state_dict(packaged), str(packaged))
         return model
+    reachable, host = hub_reachable()
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, global_pool="avg")
+        with _hub_offline(not reachable):
+            return timm.create_model(name, pretrained=True, num_classes=0, global_pool="avg")
     except Exception as e:
+        why = (f"the Hugging Face hub ({host}) cannot be reached and they are not in the local cache" if not reachable
+               else f"{type(e).__name__}")
         raise StbenchError(
-            f"cannot fetch ImageNet weights for encoder '{name}' ({type(e).__name__}); connect to the internet "
-            f"(Hugging Face hub) or pass -o weights=PATH (a local file), or -o pretrained=false"
+            f"cannot fetch ImageNet weights for encoder '{name}' ({why}); connect to the internet, pass "
+            f"-o weights=PATH (a local file), -o pretrained=false, or a profile with offline weights (-o profile=quick)"
         ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """(whether the Hugging Face hub answers a TCP connect within ``timeout``, its host). False at once
+    when ``HF_HUB_OFFLINE`` is set. Without this check an offline machine spends about a minute in
+    huggingface_hub's retries before failing."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    parsed = urlparse(getattr(constants, "ENDPOINT", "https://huggingface.co"))
+    host = parsed.hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False, host
+    try:
+        socket.create_connection((host, parsed.port or (443 if parsed.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False, host
+    return True, host
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode while the block runs: the local cache only, no retries."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 

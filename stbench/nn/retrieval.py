@@ -114,8 +114,8 @@ def _inverse_norms(x: Any, name: str, device, chunk: int) -> Any:
         out[s:s + chunk] = torch.linalg.vector_norm(_rows(x, s, s + chunk, device), dim=1)
     if not bool(torch.isfinite(out).all()):
         bad = int((~torch.isfinite(out)).sum())
-        raise DataError(f"{name} has {bad} row(s) with NaN/inf values (or a norm that overflows float32); "
-                        "clean the embeddings before retrieval")
+        raise DataError(f"{name} has {bad} row(s) with NaN/inf values (or a norm that overflows float32): the model "
+                        "produced non-finite embeddings; if it was trained, training diverged: lower the learning rate")
     return torch.where(out > 0, 1.0 / out, torch.zeros_like(out))
 
 

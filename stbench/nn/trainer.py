@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, write_text
+from ..errors import StbenchError
 from ..loader import PatchDataset, make_loader
 
 
@@ -54,6 +55,28 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch}
+
+
+class TrainingDiverged(StbenchError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, steps: int, optimizer: Any) -> float:
+    """The loss as a float; TrainingDiverged (one line: where, and what to change) if it is not finite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        lr = optimizer.param_groups[0].get("lr") if getattr(optimizer, "param_groups", None) else None
+        now = f", now {lr:g}" if isinstance(lr, (int, float)) else ""
+        raise TrainingDiverged(f"training diverged: the loss became {value} at epoch {epoch + 1} (step {step + 1} of "
+                               f"{steps}); lower the learning rate (-o lr=...{now}) and run again")
+    return value
+
+
+def check_finite_weights(module: nn.Module, epoch: int) -> None:
+    for name, p in module.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise TrainingDiverged(f"training diverged: weight '{name}' became NaN or infinite in epoch {epoch + 1}; "
+                                   f"lower the learning rate (-o lr=...) and run again")
 
 
 def autocast(device: str) -> Any:
@@ -106,11 +129,13 @@ def fit(module: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast(device):
                 loss = loss_of(images, targets)
+            value = check_finite_loss(loss, epoch, step, steps, optimizer)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss.detach()) * len(images), count + len(images)
+            total, count = total + value * len(images), count + len(images)
             report("train", epoch * steps + step + 1, epochs * steps, epoch=epoch + 1, loss=total / max(count, 1))
+        check_finite_weights(module, epoch)
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if val_loader is not None:
             record["val_loss"] = evaluate(module, loss_of, val_loader, device, min_batch)

@@ -178,7 +178,7 @@ class AnnDataReader(SlideReader):
             "source_files": [str(path)],
             "n_zero_count_spots": int((np.asarray(X.sum(axis=1)).ravel() == 0).sum()),
         }
-        check_slide_adata(adata, where)
+        check_slide_adata(adata, where, counts_file=path)
         log.info("%s: read %d spots x %d genes (grid from %s; image %s, scale %.6g; %s um/px)", where,
                  adata.n_obs, adata.n_vars, grid, image.name, float(scale),
                  "unknown" if pixel_size is None else f"{pixel_size:.4g}")

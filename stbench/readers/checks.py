@@ -40,7 +40,7 @@ def _shown(items: Sequence[Any], n: int = 5) -> str:
 # --------------------------------------------------------------------------------------------- contract
 
 
-def check_slide_adata(adata: Any, where: str) -> None:
+def check_slide_adata(adata: Any, where: str, counts_file: Any = None) -> None:
     """Raise :class:`DataError` (one line starting with ``where``) unless ``adata`` meets the reader contract.
 
     Checked: non-empty; unique obs/var names; ``X`` numeric, finite and non-negative; ``obsm['spatial']``
@@ -67,16 +67,18 @@ def check_slide_adata(adata: Any, where: str) -> None:
             raise fail(f"{axis} names are not unique ({_shown(dups)}); make them unique")
 
     X = adata.X
+    counts = f"the counts in {counts_file}" if counts_file else "the count matrix (X)"
     if X is None:
         raise fail("X is empty; the reader must store raw counts in X")
     data = X.data if sp.issparse(X) else np.asarray(X)
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-        raise fail(f"X has non-numeric dtype {data.dtype}; store raw counts")
+        raise fail(f"{counts} are not numbers ({data.dtype}); give raw counts")
     if data.size:
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            raise fail("X holds NaN or infinite values; store raw counts")
+            raise fail(f"{counts} hold NaN or infinite values; give raw counts")
         if data.min() < 0:
-            raise fail("X holds negative values; store raw counts, not normalised or scaled data")
+            raise fail(f"{counts} hold negative values (min {float(data.min()):g}); give raw counts, "
+                       f"not normalised or scaled data")
 
     if "spatial" not in adata.obsm:
         raise fail("obsm['spatial'] is missing; store full-resolution (x, y) pixel centres there")

@@ -136,7 +136,7 @@ class STLegacyReader(SlideReader):
             "source_files": [str(cnt_path), str(spot_path)],
             "n_zero_count_spots": n_zero,
         }
-        check_slide_adata(adata, where)
+        check_slide_adata(adata, where, counts_file=cnt_path)
         log.info("%s: read %d spots x %d genes from %s and %s; image %s; %s um/px", where, adata.n_obs,
                  adata.n_vars, cnt_path.name, spot_path.name, image.name,
                  "unknown" if pixel_size is None else f"{pixel_size:.4g}")

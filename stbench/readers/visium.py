@@ -189,7 +189,7 @@ class VisiumReader(SlideReader):
             "n_spots_in_tissue": int(len(in_tissue)),
             "n_zero_count_spots": n_zero,
         }
-        check_slide_adata(adata, where)
+        check_slide_adata(adata, where, counts_file=", ".join(map(str, count_files)))
         log.info("%s: read %d spots x %d genes (positions %s, %s; image %s, scale %.6g; %s um/px)", where,
                  adata.n_obs, adata.n_vars, pos_path.name, fmt, image.name, scale,
                  "unknown" if pixel_size is None else f"{pixel_size:.4g}")
