@@ -7,6 +7,8 @@ needs are importable from here: ``hookimpl``, ``Model``, ``ModelCard``, ``SlideP
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from . import _compat
+
 from .dataset import Dataset, Fold, PreparedFold
 from .errors import StbenchError
 from .hookspecs import hookimpl
@@ -20,6 +22,8 @@ try:
     __version__ = _version("stbench")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+_compat.install()
 
 __all__ = ["__version__", "hookimpl", "Model", "ModelCard", "SlidePatches", "Metric", "Dataset", "Fold",
            "PreparedFold", "Reader", "StbenchError", "option"]

@@ -165,7 +165,7 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
         console.print(f"{o.status:<8} {r.model} on {r.dataset} ({r.protocol}, seed {r.seed})"
                       + (f": {o.reason}" if o.status == "failed" else f"  {o.path}"))
     target = Path(board) if board else Path(out) / "LEADERBOARD.md"
-    write_text(target, _render_board(out, target, None))
+    write_text(target, _render_board(ctx, out, target, None))
     console.print(f"{report.count('ran')} ran, {report.count('skipped')} skipped, {report.count('failed')} failed; leaderboard: {target}")
     if report.count("failed"):
         sys.exit(1)
@@ -174,7 +174,7 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
 def _print_summary(console: Any, result: Any) -> None:
     from rich.table import Table
 
-    from .leaderboard import _fmt
+    from .report.leaderboard import fmt as _fmt
 
     table = Table(title=f"{result.label} on {result.dataset} ({result.protocol}, {len(result.folds)} fold(s))")
     for col in ("metric", "median", "mean", "excluded genes per fold"):
@@ -241,14 +241,15 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
               help="PNG folder to link [default: figures/ beside the markdown, if present].")
 @click.option("--check", is_flag=True, help="Exit 1 if the markdown differs from what the results give.")
-def leaderboard(results_dir: str, out: str | None, figures_dir: str | None, check: bool) -> None:
+@click.pass_context
+def leaderboard(ctx: click.Context, results_dir: str, out: str | None, figures_dir: str | None, check: bool) -> None:
     """Render the markdown leaderboard from results files."""
     from .atomic import write_text
 
     if not Path(results_dir).is_dir():
         raise StbenchError(f"results folder {results_dir} does not exist; run `stbench run` or pass --results")
     target = Path(out) if out else Path(results_dir) / "LEADERBOARD.md"
-    text = _render_board(results_dir, target, figures_dir)
+    text = _render_board(ctx, results_dir, target, figures_dir)
     if check:
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current != text:
@@ -260,10 +261,11 @@ def leaderboard(results_dir: str, out: str | None, figures_dir: str | None, chec
     click.echo(f"wrote {target}")
 
 
-def _render_board(results_dir: str | Path, target: Path, figures_dir: str | None) -> str:
-    from .leaderboard import render_dir
+def _render_board(ctx: click.Context, results_dir: str | Path, target: Path, figures_dir: str | None) -> str:
+    from .report.leaderboard import BoardContext, render_dir
 
-    return render_dir(results_dir, figures_dir or target.parent / "figures", relative_to=target.parent)
+    context = BoardContext.from_plugins(_app(ctx).plugins)
+    return render_dir(results_dir, figures_dir or target.parent / "figures", relative_to=target.parent, context=context)
 
 
 def _results_files(paths: tuple[str, ...]) -> list[Path]:

@@ -11,28 +11,31 @@ from .results import pack_floats, pack_strings
 TOP_K = (1, 3, 5, 10, 50, 100)
 
 
-def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, genes: Sequence[str]) -> dict[str, Any]:
-    """Per-gene values (packed), per-metric scores and the HEG-k / HVG-k Pearson summaries."""
-    from .metrics import gene_summary, top_gene_pearson
+def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, genes: Sequence[str],
+                coords: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-gene values (packed), per-metric scores and, for metrics with ``top_genes``, their mean over
+    the top-k genes by total (``<name>_heg@k``) and by variance (``<name>_hvg@k``) of the truth.
+    ``coords`` (the query spots' full-resolution centres) go to spatial metrics."""
+    from .metrics import gene_summary, top_gene_mean
 
     true = np.asarray(true, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     per_gene: dict[str, Any] = {}
     scores: dict[str, Any] = {}
     for m in metrics:
-        value = m.compute(true, pred)
+        value = m.compute(true, pred, coords)
         if m.per_gene:
             value = np.asarray(value, dtype=np.float64)
             per_gene[m.name] = pack_floats(value)
             scores[m.name] = gene_summary(value)
         else:
             scores[m.name] = {"value": float(value)}
-        if m.name == "pearson" and m.per_gene:
+        if m.top_genes and m.per_gene:
             for by in ("heg", "hvg"):
                 for k in TOP_K:
                     if k <= true.shape[1]:
-                        v, n_nan = top_gene_pearson(true, value, k, by=by)
-                        scores[f"pearson_{by}@{k}"] = {"value": float(v), "n_nan": int(n_nan)}
+                        v, n_nan = top_gene_mean(true, value, k, by=by)
+                        scores[f"{m.name}_{by}@{k}"] = {"value": float(v), "n_nan": int(n_nan)}
     return {"genes": pack_strings(genes), "per_gene": per_gene, "scores": scores}
 
 

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 DPI = 120
 KINDS = ("box", "loss", "umap", "spatial")
-CONTRASTIVE = ("heclip", "bleep", "clip")
-METRIC_NAMES = {"rmse": "RMSE", "ssim": "SSIM", "pearson": "Pearson"}
-HIGHER_IS_BETTER = {"rmse": False, "ssim": True, "pearson": True}
 BASELINE_COLOUR = "#b0b0b0"
 QUERY_COLOUR = "#d62728"
 MAX_LABEL = 64
@@ -88,11 +85,17 @@ def _wrap(label: str, width: int) -> str:
     return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
 
 
+def _metric_meta(metric: str, results: Sequence[RunResult]) -> dict[str, Any]:
+    """The metric's declaration as the results record it (the core's for files that predate labels)."""
+    from .report.leaderboard.rows import BoardContext, metric_meta
+
+    return metric_meta(results, BoardContext.core()).get(metric, {"label": metric, "higher_is_better": True})
+
+
 def _metric_label(metric: str, results: Sequence[RunResult]) -> str:
-    hib = next((bool(r.metrics[metric]["higher_is_better"]) for r in results if metric in r.metrics),
-               HIGHER_IS_BETTER.get(metric, True))
-    arrow = "↑ higher is better" if hib else "↓ lower is better"
-    return f"{METRIC_NAMES.get(metric, metric)} per gene ({arrow})"
+    meta = _metric_meta(metric, results)
+    arrow = "↑ higher is better" if meta.get("higher_is_better", True) else "↓ lower is better"
+    return f"{meta['label']} per gene ({arrow})"
 
 
 def _pooled(result: RunResult, metric: str) -> np.ndarray | None:
@@ -106,7 +109,7 @@ def _pooled(result: RunResult, metric: str) -> np.ndarray | None:
 
 def leaderboard_order(results: Sequence[RunResult]) -> list[RunResult]:
     """The leaderboard's order: non-baselines first, then by mean Pearson (descending), then label."""
-    from .leaderboard import result_sort_key
+    from .report.leaderboard import result_sort_key
 
     return sorted(results, key=result_sort_key)
 
@@ -146,7 +149,7 @@ def metric_boxplots(results: Sequence[RunResult], out: str | os.PathLike,
     for ax, metric in zip(axes, metrics):
         _boxes(ax, pooled[metric], labels, faces)
         ax.set_ylabel(_metric_label(metric, ordered))
-        ax.set_title(METRIC_NAMES.get(metric, metric))
+        ax.set_title(_metric_meta(metric, ordered)["label"])
     fig.suptitle(_title(ordered), fontsize=12)
     return _save(fig, out)
 
@@ -235,8 +238,8 @@ def embedding_umap(predictions: Sequence[SlidePredictions], out: str | os.PathLi
         if fold is not None and any(s.embeddings for s in predictions):
             raise ResultsError(f"no slide of fold '{fold}' has image embeddings; folds: "
                                f"{', '.join(sorted({s.fold for s in predictions if s.embeddings}))}")
-        raise ResultsError(f"model {label} stores no image embeddings: UMAP figures are for contrastive models "
-                           f"({', '.join(CONTRASTIVE)})")
+        raise ResultsError(f"model {label} stores no image embeddings: UMAP figures are for models that embed "
+                           f"images (Model.embed)")
     names = [n for n in ("reference", "query") if n in slide.embeddings]
     x = np.concatenate([slide.embeddings[n] for n in names]).astype(np.float32)
     ids = np.concatenate([np.asarray(slide.embedding_slides.get(n, [n] * len(slide.embeddings[n])), dtype=str)

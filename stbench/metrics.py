@@ -27,6 +27,7 @@ __all__ = [
     "pearson",
     "hits",
     "hit_at",
+    "top_gene_mean",
     "top_gene_pearson",
     "gene_summary",
     "BUILTIN_METRICS",
@@ -242,8 +243,9 @@ def hit_at(true: np.ndarray, pred: np.ndarray, t: int) -> float:
 # --------------------------------------------------------------------------------------------
 # summaries
 # --------------------------------------------------------------------------------------------
-def top_gene_pearson(true: np.ndarray, r: np.ndarray, k: int, by: str = "heg") -> tuple[float, int]:
-    """Mean Pearson r over the top-k genes by total true expression or by true variance.
+def top_gene_mean(true: np.ndarray, r: np.ndarray, k: int, by: str = "heg") -> tuple[float, int]:
+    """Mean of a per-gene metric ``r`` (Pearson r in the papers) over the top-k genes by total true
+    expression or by true variance.
 
     ``by="heg"`` ranks genes by their column sum in ``true`` (highly expressed genes), ``by="hvg"``
     by their population variance (highly variable genes); descending, ties broken by gene index
@@ -276,6 +278,9 @@ def top_gene_pearson(true: np.ndarray, r: np.ndarray, k: int, by: str = "heg") -
     return value, n_nan
 
 
+top_gene_pearson = top_gene_mean
+
+
 def gene_summary(values: np.ndarray) -> dict:
     """Summary of a per-gene metric: ``mean`` and ``median`` over the non-NaN genes (NaN when all
     are NaN), ``n_nan`` the number of NaN genes excluded and ``n`` the total number of genes."""
@@ -296,6 +301,7 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
         per_gene=True,
         fn=rmse,
         description="RMSE of z-scored columns per gene; sqrt(2 - 2r), 1.41 means r = 0",
+        label="RMSE",
     ),
     Metric(
         "ssim",
@@ -303,6 +309,7 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
         per_gene=True,
         fn=ssim,
         description="global SSIM of max-scaled columns per gene",
+        label="SSIM",
     ),
     Metric(
         "pearson",
@@ -310,6 +317,9 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
         per_gene=True,
         fn=pearson,
         description="Pearson r per gene",
+        label="Pearson",
+        ranks=True,
+        top_genes=True,
     ),
     *(
         Metric(
@@ -318,6 +328,7 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
             per_gene=False,
             fn=partial(hit_at, t=t),
             description=f"fraction of spots whose top-{t} predicted and true genes intersect",
+            label=f"Hit@{t}",
         )
         for t in (1, 2, 3)
     ),

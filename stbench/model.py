@@ -22,12 +22,29 @@ from .slide import SlidePatches
 
 @dataclass(frozen=True)
 class ModelCard:
+    """What a model is, for people and for the leaderboard.
+
+    ``baseline``: a calibration row (it does not use the image). ``calibration``: what a baseline
+    calibrates, read by the board's findings: ``"chance"`` (random reference spots: what retrieval gives
+    without the image) or ``"constant"`` (one profile at every spot). ``claims``: the models this model's
+    paper reports beating; every board where both ran tests the claim. ``kind``: ``"trained"``,
+    ``"baseline"`` or ``"frozen"`` (a pretrained encoder with no training on expression).
+    """
+
     summary: str
     paper: str = ""
     code: str = ""
     license: str = ""
     baseline: bool = False
     deviations: tuple[str, ...] = ()
+    calibration: str = ""
+    claims: tuple[str, ...] = ()
+    kind: str = ""
+
+    def recorded(self) -> dict[str, Any]:
+        """What results files record of the card (the board reads it back)."""
+        return {"baseline": self.baseline, "calibration": self.calibration, "claims": list(self.claims),
+                "kind": self.kind or ("baseline" if self.baseline else "trained")}
 
 
 class Model(ABC):

@@ -1,7 +1,8 @@
 """get_plugin_manager(): the one place that loads plugins and calls the register_* hooks.
 
-Order: the core plugin, the built-in plugin packages (DEFAULT_PLUGINS), entry points of group
-``stbench``, then one-file plugins from ``--plugins-dir``. A plugin that fails to import is
+Order: the core plugin (stbench's own readers, metrics and datasets), entry points of group ``stbench``
+(the built-in model plugins under ``plugins/`` are declared there in stbench's own pyproject.toml, exactly
+as a third party declares its own), then one-file plugins from ``--plugins-dir``. A plugin that fails to import is
 recorded in ``Plugins.failures`` (``stbench plugins`` shows it) and the rest still load.
 
 Environment: ``STBENCH_LOAD_PLUGINS=a,b`` loads only the named plugins (the core always loads;
@@ -28,8 +29,6 @@ from .errors import PluginError
 from .registry import Registry
 
 CORE_PLUGIN = "stbench.builtin"
-DEFAULT_PLUGINS: tuple[str, ...] = ("stbench_baselines", "stbench_heclip", "stbench_bleep", "stbench_clip", "stbench_stnet",
-                                   "stbench_histogene")
 ENTRY_POINT_GROUP = "stbench"
 
 
@@ -175,8 +174,6 @@ def get_plugin_manager(plugins_dirs: Sequence[str | os.PathLike] = (), catalogs:
         plugins.loaded.append(PluginInfo(name, source, version))
 
     add(CORE_PLUGIN, "core", lambda: importlib.import_module(CORE_PLUGIN), _dist_version("stbench"))
-    for name in DEFAULT_PLUGINS:
-        add(name, "built-in", lambda n=name: importlib.import_module(n), _dist_version("stbench"))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         dist_name = getattr(dist, "name", None)

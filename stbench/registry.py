@@ -36,6 +36,10 @@ class Registry(Generic[T]):
         self.get(name)
         return self._origins[name]
 
+    def values(self) -> list[T]:
+        """Every item in registration order (the core's first, then plugins' in load order)."""
+        return list(self._items.values())
+
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._items if fnmatch.fnmatchcase(n, pattern))
 

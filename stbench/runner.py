@@ -106,7 +106,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         target = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
         _check_writable(target.parent)
     device = resolve_device(req.device)
-    metrics = [plugins.metrics.get(n) for n in plugins.metrics.names()]
+    metrics = list(plugins.metrics.values())
     report = progress or (lambda *a, **k: None)
     started = time.perf_counter()
     fold_records: list[dict[str, Any]] = []
@@ -127,7 +127,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
                     raise DataError(f"dataset '{req.dataset}' handed query slide '{query.slide_id}' with expression")
                 t0 = time.perf_counter()
                 pred = _check_prediction(model.predict(query), len(query), len(prepared.genes), req.model, query.slide_id)
-                record = score_slide(metrics, prepared.truth[query.slide_id], pred, prepared.genes)
+                record = score_slide(metrics, prepared.truth[query.slide_id], pred, prepared.genes, query.coords)
                 record.update({"fold": fold.name, "query": query.slide_id, "reference": list(fold.reference),
                                "n_spots": len(query), "n_genes": len(prepared.genes), "fit_seconds": fit_s,
                                "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
@@ -146,11 +146,12 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         options=options_dict(p["options"]), changed_options=changed_options(p["options"]), plugin=plugin_info,
         baseline=bool(cls.card.baseline), split=req.folds if req.folds != "default" else p["dataset"].default_split,
         dataset_info=p["dataset"].info(),
-        metrics={m.name: {"higher_is_better": m.higher_is_better, "per_gene": m.per_gene} for m in metrics},
+        metrics={m.name: m.meta() for m in metrics},
         folds=fold_records, summary=summarise(fold_records), environment=environment(device),
         wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"]},
+        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"],
+               "card": cls.card.recorded()},
     )
     if saved:
         write_predictions(predictions_path(target), saved,

@@ -325,7 +325,7 @@ def two_runs(tmp_path):
 
 
 def test_a_hand_edited_summary_is_recomputed_from_the_folds(two_runs, caplog):
-    from stbench.leaderboard import render_dir
+    from stbench.report.leaderboard import render_dir
     from stbench.results import load_result
 
     out, _, rand = two_runs

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stbench.leaderboard import render, render_dir
+from stbench.report.leaderboard import render, render_dir
 from stbench.plugins import get_plugin_manager
 from stbench.results import load_result
 from stbench.runner import RunRequest, run
@@ -101,11 +101,14 @@ def test_statistics_columns_against_the_first_row(results_dir):
     assert mean_row.endswith("| n/a | n/a | 2 |")
 
 
-def _as(result, model, baseline=False, seed=None):
+def _as(result, model, baseline=False, seed=None, claims=()):
+    """The run as if made by ``model``, with the card that model would declare."""
     import copy
 
     r = copy.deepcopy(result)
     r.model, r.baseline = model, baseline
+    r.extra["card"] = {"baseline": baseline, "calibration": "", "claims": list(claims),
+                       "kind": "baseline" if baseline else "trained"}
     if seed is not None:
         r.seed = seed
     return r
@@ -137,7 +140,7 @@ def test_findings_state_the_papers_claims_with_p_values(loaded):
     from stbench.stats import paired_wilcoxon
 
     rk, rk5, mean = loaded
-    heclip, bleep = _as(rk5, "heclip"), _as(rk, "bleep")
+    heclip, bleep = _as(rk5, "heclip", claims=("bleep", "clip")), _as(rk, "bleep")
     text = render([heclip, bleep, rk, mean])
     pa = np.concatenate([rk5.per_gene(i, "pearson") for i in range(2)])
     pb = np.concatenate([rk.per_gene(i, "pearson") for i in range(2)])
@@ -149,6 +152,17 @@ def test_findings_state_the_papers_claims_with_p_values(loaded):
     assert expected in line
     assert "heclip beats clip" not in text
     assert "- Above the random-k baseline" in text
+    # a third-party model that declares a claim gets the same sentence; files from before cards were
+    # recorded take the claim from the installed plugin's card
+    mine = _as(rk5, "my-model", claims=("bleep",))
+    assert "- The paper's claim that my-model beats bleep" in render([mine, bleep, rk, mean])
+    old = _as(rk5, "heclip")
+    del old.extra["card"]
+    from stbench.report.leaderboard import BoardContext
+
+    context = BoardContext(metrics=BoardContext.core().metrics, cards={"heclip": {"claims": ["bleep"]}})
+    assert "- The paper's claim that heclip beats bleep" in render([old, bleep, rk, mean], context=context)
+    assert "- The paper's claim that heclip beats bleep" not in render([old, bleep, rk, mean])
 
 
 def test_seeds_are_pooled_into_one_row(loaded):
@@ -213,7 +227,7 @@ def test_paired_tests_cover_every_per_gene_metric(loaded):
 def test_commands_reproduce_each_rows_configuration(results_dir):
     import shlex
 
-    from stbench.leaderboard import command_of, rows_of
+    from stbench.report.leaderboard import command_of, rows_of
     from stbench.runner import plan
 
     plugins = get_plugin_manager(env={})

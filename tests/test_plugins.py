@@ -48,14 +48,32 @@ def plugin_dir(tmp_path, files: dict):
     return d
 
 
+BUILTIN_PLUGINS = {"stbench_baselines", "stbench_heclip", "stbench_bleep", "stbench_clip", "stbench_stnet",
+                   "stbench_histogene"}
+
+
 def test_builtins_register_through_hooks():
     p = get_plugin_manager(env={})
-    assert [i.name for i in p.loaded][:3] == ["stbench.builtin", "stbench_baselines", "stbench_heclip"]
+    assert p.loaded[0].name == "stbench.builtin"
+    assert BUILTIN_PLUGINS <= {i.name for i in p.loaded}
     assert {"mean", "random-k", "heclip"} <= set(p.models.names())
     assert p.models.origin("heclip") == "stbench_heclip"
     assert p.models.origin("mean") == "stbench_baselines"
     assert {"rmse", "ssim", "pearson", "hit@1", "hit@2", "hit@3"} <= set(p.metrics.names())
     assert "synthetic" in p.readers and "synthetic" in p.datasets
+
+
+def test_builtin_model_plugins_are_entry_points_like_a_third_partys(cli):
+    import json
+
+    listed = json.loads(cli("plugins", "--json").output)["loaded"]
+    sources = {r["name"]: r["source"] for r in listed}
+    for name in BUILTIN_PLUGINS:
+        assert sources[name] == f"entry point {name} of stbench", sources
+    assert sources["stbench.builtin"] == "core"
+    from stbench import plugins as plugins_module
+
+    assert not hasattr(plugins_module, "DEFAULT_PLUGINS")
 
 
 def test_load_plugins_restricts():
@@ -154,7 +172,8 @@ def test_third_party_dataset_and_metric_reach_the_results(cli, tmp_path):
     (path,) = (tmp_path / "o" / "mean").glob("mini.strict.*.json")
     from stbench.results import load_result
     r = load_result(path)
-    assert r.metrics["mae"] == {"higher_is_better": False, "per_gene": True}
+    assert r.metrics["mae"] == {"higher_is_better": False, "per_gene": True, "label": "mae", "ranks": False,
+                                "top_genes": False, "spatial": False}
     assert len(r.per_gene(0, "mae")) == 6 and r.summary["mae"]["mean"] > 0
     board = cli("leaderboard", "--results", str(tmp_path / "o"))
     assert board.exit_code == 0 and "mae ↓ median" in (tmp_path / "o" / "LEADERBOARD.md").read_text()

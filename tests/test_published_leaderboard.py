@@ -1,7 +1,7 @@
 """The committed leaderboard is exactly what `stbench leaderboard` renders from the committed results."""
 import re
 
-from stbench.leaderboard import load_all
+from stbench.report.leaderboard import load_all
 from stbench.results import config_hash
 
 from conftest import REPO

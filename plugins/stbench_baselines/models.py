@@ -24,6 +24,7 @@ class MeanModel(Model):
         summary="Predicts the mean reference profile for every spot. Its predictions are constant per "
                 "gene, so Pearson and RMSE are undefined (n/a); SSIM and Hit@T show what they give for free.",
         baseline=True,
+        calibration="constant",
     )
 
     @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RandomKModel(Model):
         summary="Mean of K random reference spots per query spot (K = the retrieval models' top-K): "
                 "a retrieval model that ignores the image.",
         baseline=True,
+        calibration="chance",
     )
 
     @dataclass(frozen=True)

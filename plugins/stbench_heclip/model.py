@@ -17,6 +17,7 @@ class HECLIP(ContrastiveModel):
         paper="HECLIP: histology-enhanced contrastive learning for imputation of transcriptomics profiles",
         code="https://github.com/QSong-github/HECLIP (commit 9be1333)",
         license="upstream has no licence file: reimplemented from the description, no code copied",
+        claims=("bleep", "clip"),
         deviations=(
             "validation is a seeded 80/20 split of the reference spots made before augmentation "
             "(upstream split the x2-duplicated set, so validation contained training spots)",

@@ -1,0 +1,1 @@
+"""Reporting: results files, predictions files, the leaderboard, figures and exports."""
