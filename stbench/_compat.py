@@ -15,6 +15,8 @@ from typing import Any
 #: old module -> new module
 MOVED: dict[str, str] = {
     "stbench.leaderboard": "stbench.report.leaderboard",
+    "stbench.nn.contrastive": "stbench_contrastive.model",
+    "stbench.nn.losses": "stbench_contrastive.losses",
 }
 #: old packages (their submodules moved one by one)
 PACKAGES: dict[str, str] = {}

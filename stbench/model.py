@@ -84,6 +84,14 @@ class Model(ABC):
     def predict(self, slide: SlidePatches) -> np.ndarray:
         """(n_spots, n_genes) predictions for a query slide, rows in the slide's spot order."""
 
+    def fold_extra(self) -> dict[str, Any]:
+        """JSON-safe records the runner adds to each fold of the results file after :meth:`predict`.
+        Default: the training history when the model kept one in ``self.history`` (the shared trainer's
+        ``History``: epochs with train/validation loss and the best epoch), which the loss-curve figure
+        draws. Override to record more; keep it small (it goes into every results file)."""
+        history = getattr(self, "history", None)
+        return {"history": history.to_dict()} if history is not None and hasattr(history, "to_dict") else {}
+
     def embed(self, slide: SlidePatches) -> np.ndarray:
         """Optional: (n_spots, d) image embeddings of a slide, for UMAP figures of reference vs query."""
         raise NotImplementedError(f"model '{self.name}' does not embed images")

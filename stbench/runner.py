@@ -131,7 +131,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
                 record.update({"fold": fold.name, "query": query.slide_id, "reference": list(fold.reference),
                                "n_spots": len(query), "n_genes": len(prepared.genes), "fit_seconds": fit_s,
                                "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
-                record.update(getattr(model, "fold_extra", lambda: {})())
+                record.update(model.fold_extra())
                 fold_records.append(record)
                 if out_dir is not None and req.save_predictions:
                     saved.append(slide_predictions(p["dataset"], model, fold.name, query, prepared,
