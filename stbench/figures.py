@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import ResultsError, unknown
+from .extras import require
 from .predictions import SlidePredictions, load_predictions, predictions_path
 from .results import RunResult, find_results, load_result
 
@@ -32,7 +33,7 @@ MAX_LABEL = 64
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "stbench plot").Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
@@ -268,7 +269,7 @@ def embedding_umap(predictions: Sequence[SlidePredictions], out: str | os.PathLi
 
 
 def _umap(x: np.ndarray, seed: int) -> np.ndarray:
-    import umap
+    umap = require("umap", "UMAP figures (stbench plot --kind umap)")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns that a fixed random_state disables parallelism

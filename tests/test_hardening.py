@@ -418,3 +418,30 @@ def test_reproduce_commands_name_a_user_catalogue(cli, ad_dataset, tmp_path):
     board = (out / "LEADERBOARD.md").read_text()
     assert f"stbench --catalog {catalog} run --model mean --dataset tiny_ad --protocol strict" in board
     assert "\nstbench run --model mean --dataset synthetic --protocol strict" in board
+
+
+# ------------------------------------------------------------------------------------------- extras
+
+
+def test_a_missing_optional_package_names_the_extra(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    assert cli("run", "--model", "random-k", "--dataset", "synthetic", "--folds", "syn2", "--out", str(out)).exit_code == 0
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    exported = cli("export", str(out), "--out", str(tmp_path / "x"), "--format", "parquet")
+    assert one_error_line(exported) == ("Parquet export needs the package 'pyarrow', which is not installed; "
+                                        "pip install \"stbench[export]\" (or stbench[all])")
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    plotted = cli("plot", str(out), "--out", str(tmp_path / "f"), "--kind", "box")
+    assert one_error_line(plotted).startswith("stbench plot needs the package 'matplotlib'")
+    assert files_under(tmp_path / "x") == [] and files_under(tmp_path / "f") == []
+
+
+def test_declared_dependencies_match_what_is_imported():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "pooch" not in core and "matplotlib" not in core and "umap" not in core and "pyarrow" not in core
+    extras = project["optional-dependencies"]
+    assert any("matplotlib" in d for d in extras["figures"]) and any("umap-learn" in d for d in extras["figures"])
+    assert any("pyarrow" in d for d in extras["export"]) and "stbench[all]" in extras["dev"]
