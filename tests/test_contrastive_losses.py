@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stbench.nn.heads import ProjectionHead
-from stbench.nn.losses import bleep_loss, clip_loss, image_centric_loss
+from stbench_contrastive.losses import bleep_loss, clip_loss, image_centric_loss
 
 
 def softmax_rows(a):

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from stbench import ModelCard
-from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
+from stbench_contrastive.model import QUICK_PROFILE, BiModalOptions, ContrastiveModel
+
 
 class BLEEP(ContrastiveModel):
     """BLEEP (bowang-lab/BLEEP), as specified in specs/model_specs.md section 2."""
@@ -26,9 +27,5 @@ class BLEEP(ContrastiveModel):
     profiles = {"quick": QUICK_PROFILE}
 
     @dataclass(frozen=True)
-    class Options(ContrastiveOptions):
+    class Options(BiModalOptions):  # BiModalOptions are BLEEP's published settings; the loss is its own
         loss: Literal["heclip", "bleep", "clip"] = "bleep"
-        retrieval_key: Literal["image", "spot"] = "spot"
-        batch_size: int = 256
-        epochs: int = 4
-        input_crop: Optional[int] = 224

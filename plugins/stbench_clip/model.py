@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from stbench import ModelCard
-from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
+from stbench_contrastive.model import QUICK_PROFILE, BiModalOptions, ContrastiveModel
+
 
 class CLIP(ContrastiveModel):
     """Symmetric InfoNCE with one-hot targets and a learnable logit scale, on BLEEP's architecture."""
@@ -26,9 +27,5 @@ class CLIP(ContrastiveModel):
     profiles = {"quick": QUICK_PROFILE}
 
     @dataclass(frozen=True)
-    class Options(ContrastiveOptions):
+    class Options(BiModalOptions):  # BLEEP's architecture and training; only the loss differs
         loss: Literal["heclip", "bleep", "clip"] = "clip"
-        retrieval_key: Literal["image", "spot"] = "spot"
-        batch_size: int = 256
-        epochs: int = 4
-        input_crop: Optional[int] = 224

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stbench import ModelCard
-from stbench.nn.contrastive import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
+from stbench_contrastive.model import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
+
 
 class HECLIP(ContrastiveModel):
     """HECLIP (QSong-github/HECLIP), as specified in specs/model_specs.md section 1."""

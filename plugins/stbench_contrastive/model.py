@@ -4,6 +4,8 @@ A plugin subclasses :class:`ContrastiveModel`, sets its defaults in ``Options`` 
 (``heclip`` | ``bleep`` | ``clip``), whether expression goes through a spot head, and what the query
 images are matched against (``image``: reference image embeddings, HECLIP; ``spot``: reference spot
 embeddings, BLEEP and CLIP). Predictions average the matched reference spots' expression.
+:class:`BiModalOptions` holds the settings of BLEEP's architecture and training, which the BLEEP and
+CLIP plugins share (they differ only in the loss).
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
-from ..model import Model
-from ..options import option
-from ..slide import SlidePatches
+from stbench.model import Model
+from stbench.options import option
+from stbench.slide import SlidePatches
 
 
 #: CPU-sized settings shared by the contrastive plugins' ``quick`` profile: an ImageNet-pretrained
@@ -52,12 +54,23 @@ class ContrastiveOptions:
     workers: int = option(0, ge=0)
 
 
+@dataclass(frozen=True)
+class BiModalOptions(ContrastiveOptions):
+    """BLEEP's published settings (Xie et al. 2023): image -> spot retrieval, batch 256, 4 epochs, the
+    centred 224 px window. A plugin on this architecture declares only its loss."""
+
+    retrieval_key: Literal["image", "spot"] = "spot"
+    batch_size: int = 256
+    epochs: int = 4
+    input_crop: Optional[int] = 224
+
+
 def build_network(opts: ContrastiveOptions, n_genes: int) -> Any:
     import torch
     from torch import nn
 
-    from .encoder import create_encoder
-    from .heads import ProjectionHead
+    from stbench.nn.encoder import create_encoder
+    from stbench.nn.heads import ProjectionHead
 
     class ContrastiveNet(nn.Module):
         def __init__(self) -> None:
@@ -98,7 +111,7 @@ class ContrastiveModel(Model):
 
     # -- training -------------------------------------------------------------------------------
     def _loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
-        from .inputs import to_model_input
+        from stbench.nn.inputs import to_model_input
         from .losses import bleep_loss, clip_loss, image_centric_loss
 
         style, size = self.input_style, opts.input_px
@@ -122,8 +135,8 @@ class ContrastiveModel(Model):
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
         import torch
 
-        from ..loader import PatchDataset
-        from .trainer import fit, reference_split, seed_everything
+        from stbench.loader import PatchDataset
+        from stbench.nn.trainer import fit, reference_split, seed_everything
 
         self.genes = list(genes)
         opts = self.resolved_options(len(genes))
@@ -147,9 +160,9 @@ class ContrastiveModel(Model):
     def embed_images(self, slide: SlidePatches, salt: int = 0) -> np.ndarray:
         import torch
 
-        from ..loader import PatchDataset, make_loader
-        from .inputs import to_model_input
-        from .trainer import autocast
+        from stbench.loader import PatchDataset, make_loader
+        from stbench.nn.inputs import to_model_input
+        from stbench.nn.trainer import autocast
 
         ds = PatchDataset([slide], augment=self.eval_augment, seed=self.seed + 7 + salt)
         out = []
@@ -176,7 +189,7 @@ class ContrastiveModel(Model):
             self.ref_emb = self.embed_spots(self.ref_values)
 
     def predict(self, slide: SlidePatches) -> np.ndarray:
-        from .retrieval import predict_by_retrieval
+        from stbench.nn.retrieval import predict_by_retrieval
 
         query = self.embed_images(slide, salt=10_000)
         return np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
@@ -185,15 +198,12 @@ class ContrastiveModel(Model):
     def embed(self, slide: SlidePatches) -> np.ndarray:
         return self.embed_images(slide, salt=20_000)
 
-    def fold_extra(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
-
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         import torch
 
-        from ..options import options_dict
-        from .trainer import save_checkpoint
+        from stbench.options import options_dict
+        from stbench.nn.trainer import save_checkpoint
 
         config = {"model": self.name, "options": options_dict(self.opts), "genes": self.genes,
                   "protocol": self.protocol, "seed": self.seed}
@@ -201,7 +211,7 @@ class ContrastiveModel(Model):
                         {"ref_emb": torch.from_numpy(self.ref_emb), "ref_values": torch.from_numpy(self.ref_values)})
 
     def load(self, path: str | Path) -> None:
-        from .trainer import load_checkpoint
+        from stbench.nn.trainer import load_checkpoint
 
         state, extra, config = load_checkpoint(Path(path))
         self.genes = config["genes"]
