@@ -12,7 +12,6 @@ thousands of spots fit in a few GB.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -112,19 +111,16 @@ def slide_tokens(slide: SlidePatches, crop: int, size: int | None, block: int = 
     """(N, S*S*3) uint8: each spot's centred ``crop`` window (the whole patch if smaller), resized to
     ``size`` if given (bilinear, antialiased, rounded back to uint8), flattened row-major (y, x, c)."""
     import torch
-    import torch.nn.functional as F
+
+    from stbench.nn.inputs import centre_crop, resize
 
     n = len(slide)
     parts = []
     for start in range(0, n, block):
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(slide.images[start:start + block], dtype=np.uint8)))
-        t = t.permute(0, 3, 1, 2)
-        h, w = t.shape[-2:]
-        top, left = max(h - crop, 0) // 2, max(w - crop, 0) // 2
-        t = t[..., top:top + crop, left:left + crop]
+        t = centre_crop(t.permute(0, 3, 1, 2), crop)
         if size is not None and tuple(t.shape[-2:]) != (size, size):
-            t = F.interpolate(t.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            t = t.round().clamp(0, 255).to(torch.uint8)
+            t = resize(t.float(), size).round().clamp(0, 255).to(torch.uint8)
         parts.append(t.permute(0, 2, 3, 1).reshape(t.shape[0], -1))
     if not parts:
         side = size or crop
@@ -186,65 +182,57 @@ class HisToGene(Model):
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
+        """One whole slide per step (tokens, positions -> every spot's expression), slides in a seeded
+        order each epoch, MSE, Adam, no validation, the last epoch kept: the shared trainer's loop."""
         import torch
         import torch.nn.functional as F
 
-        from stbench.atomic import write_text
-        from stbench.nn.trainer import History, autocast, check_finite_loss, check_finite_weights, seed_everything
+        from stbench.nn.trainer import SeededOrder, fit, seed_everything
 
-        self.genes, self.opts, self.in_features = list(genes), self.options, None
-        opts = self.opts
-        slides = [s for s in train if len(s)]
-        if not slides:
-            raise DataError("histogene: no reference spots to train on")
-        data = []
-        for s in slides:
-            data.append((self.tokens(s), self.positions(s), torch.tensor(np.asarray(s.expression, dtype=np.float32))))
+        self.genes, self.opts = list(genes), self.options
+        steps = self._slide_steps(train)
+        seed_everything(self.seed)
+        net = build_network(self.opts, self.in_features, len(genes))
+        if self.opts.input_norm == "dataset":
+            self._set_pixel_stats(net, [tokens for (tokens, _), _ in steps])
+        net = net.to(self.device)
+
+        def loss_of(inputs: Any, target: Any) -> Any:
+            return F.mse_loss(net(*inputs).float(), target)
+
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
+        self.history = fit(net, loss_of, optimizer, SeededOrder(steps, self.seed), None, epochs=self.opts.epochs,
+                           device=self.device, seed=self.seed, workdir=self.workdir, progress=self._progress,
+                           select_best=False, min_batch=1)
+        self.net = net
+
+    def _slide_steps(self, train: Sequence[SlidePatches]) -> list[tuple[tuple[Any, Any], Any]]:
+        """One training step per reference slide with spots: ((tokens, positions), expression).
+        Sets ``in_features``; every slide must give tokens of that size."""
+        import torch
+
+        self.in_features = None
+        steps = []
+        for s in (s for s in train if len(s)):
+            tokens = self.tokens(s)
             if self.in_features is None:
-                self.in_features = int(data[0][0].shape[1])
-            elif data[-1][0].shape[1] != self.in_features:
+                self.in_features = int(tokens.shape[1])
+            elif tokens.shape[1] != self.in_features:
                 raise DataError(f"slide '{s.slide_id}': its patches differ in size from the other reference "
                                 f"slides'; set -o input_px to give every slide the same token size")
-        seed_everything(self.seed)
-        net = build_network(opts, self.in_features, len(genes))
-        if opts.input_norm == "dataset":  # per-channel statistics of the training tokens (0..255 units)
-            total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
-            for tokens, _, _ in data:
-                for chunk in tokens.split(opts.embed_chunk):
-                    pixels = chunk.reshape(-1, 3).double()
-                    total, total_sq, count = total + pixels.sum(0), total_sq + (pixels * pixels).sum(0), count + len(pixels)
-            mean = total / count
-            var = (total_sq - count * mean * mean) / max(count - 1, 1)
-            net.pixel_mean.copy_(mean)
-            net.pixel_std.copy_(var.clamp_min(1.0).sqrt())
-        net = net.to(self.device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-        history = History()
-        steps = opts.epochs * len(data)
-        for epoch in range(opts.epochs):
-            net.train()
-            total, count = 0.0, 0
-            order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(data))
-            for step, i in enumerate(order):
-                tokens, pos, target = (t.to(self.device) for t in data[i])
-                with autocast(self.device):
-                    pred = net(tokens, pos)
-                loss = F.mse_loss(pred.float(), target)
-                value = check_finite_loss(loss, epoch, step, len(data), optimizer)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + value * len(tokens), count + len(tokens)
-                self.report("train", epoch * len(data) + step + 1, steps, epoch=epoch + 1, loss=total / count)
-            check_finite_weights(net, epoch)
-            history.epochs.append({"epoch": epoch + 1, "train_loss": total / count})
-        history.best_epoch = opts.epochs  # the last epoch, as upstream (no validation)
-        self.net, self.history = net, history
-        if self.workdir is not None:
-            write_text(Path(self.workdir) / "history.json", json.dumps(history.to_dict(), indent=1) + "\n")
+            steps.append(((tokens, self.positions(s)), torch.tensor(np.asarray(s.expression, dtype=np.float32))))
+        if not steps:
+            raise DataError("histogene: no reference spots to train on")
+        return steps
 
-    def fold_extra(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
+    def _set_pixel_stats(self, net: Any, tokens: Sequence[Any]) -> None:
+        """``input_norm=dataset``: per-channel mean and (sample) std of the training tokens, 0..255 units."""
+        from stbench.nn.inputs import channel_stats
+
+        chunks = (chunk.reshape(-1, 3) for t in tokens for chunk in t.split(self.opts.embed_chunk))
+        mean, var = channel_stats(chunks, dim=1, ddof=1)
+        net.pixel_mean.copy_(mean)
+        net.pixel_std.copy_(var.clamp_min(1.0).sqrt())
 
     # -- inference ------------------------------------------------------------------------------
     def predict(self, slide: SlidePatches) -> np.ndarray:

@@ -59,10 +59,6 @@ class STNetOptions:
     workers: int = option(0, ge=0)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def build_network(opts: STNetOptions, n_genes: int) -> Any:
     import torch
     from torch import nn
@@ -86,36 +82,17 @@ def build_network(opts: STNetOptions, n_genes: int) -> Any:
     return STNetNet()
 
 
-def window(batch: Any, crop: int | None) -> Any:
-    """(B, 3, H, W) uint8 -> float RGB in 0..1, the centred ``crop`` x ``crop`` window (if smaller)."""
-    if crop is not None and (batch.shape[-1] > crop or batch.shape[-2] > crop):
-        top, left = max(batch.shape[-2] - crop, 0) // 2, max(batch.shape[-1] - crop, 0) // 2
-        batch = batch[..., top:top + crop, left:left + crop]
-    return batch.float() / 255.0
-
-
-def resize(x: Any, size: int | None) -> Any:
-    import torch.nn.functional as F
-
-    if size is None or (x.shape[-1] == size and x.shape[-2] == size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+#: (hflip, vflip, quarter turns) of the 8 test-time views, in the order earlier releases summed them
+#: (so averaged predictions repeat bit for bit): all 8 symmetries of the square.
+DIHEDRAL = tuple((bool(c & 1), bool(c & 2), c >> 2) for c in (0, 4, 2, 5, 1, 6, 3, 7))
 
 
 def dihedral_views(x: Any) -> list[Any]:
-    """The 8 images h(v(r(x))) for h in {id, hflip}, v in {id, vflip}, r in {id, rot90}: the
-    dihedral group of the square (ST-Net's EightSymmetry), on (..., H, W) tensors."""
-    import torch
+    """The 8 flips and rotations of (..., H, W) tensors: the dihedral group of the square (ST-Net's
+    EightSymmetry), each made by the loader's :func:`~stbench.loader.augment`."""
+    from stbench.loader import augment
 
-    views = []
-    for h in (False, True):
-        for v in (False, True):
-            for r in (0, 1):
-                y = torch.rot90(x, r, dims=(-2, -1)) if r else x
-                y = torch.flip(y, dims=(-2,)) if v else y
-                y = torch.flip(y, dims=(-1,)) if h else y
-                views.append(y)
-    return views
+    return [augment(x, h, v, k) for h, v, k in DIHEDRAL]
 
 
 def histogene_augment(x: Any, generator: Any) -> Any:
@@ -169,8 +146,10 @@ class STNet(Model):
         """uint8 (B, 3, H, W) -> the float batch the network takes (RGB 0..1, cropped, resized)."""
         import torch
 
+        from stbench.nn.inputs import centre_crop, resize
+
         opts = self.opts
-        x = window(images, opts.input_crop)
+        x = centre_crop(images, opts.input_crop).float() / 255.0
         if train and opts.augment == "histogene":
             x = histogene_augment(x, self._generator)
         x = resize(x, opts.input_px)
@@ -182,6 +161,7 @@ class STNet(Model):
         import torch
 
         from stbench.loader import PatchDataset, make_loader
+        from stbench.nn.inputs import IMAGENET_MEAN, IMAGENET_STD, centre_crop, channel_stats, resize
 
         opts = self.opts
         if opts.pixel_norm == "imagenet":
@@ -189,16 +169,10 @@ class STNet(Model):
         if opts.pixel_norm == "none":
             return torch.zeros(3), torch.ones(3)
         sample = np.sort(np.random.default_rng([self.seed, 12 * 32]).permutation(rows)[: opts.norm_sample])
-        ds = PatchDataset(train, augment=False, rows=sample)
-        total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
-        for images, _, _ in make_loader(ds, 64, shuffle=False, workers=opts.workers):
-            x = resize(window(images, opts.input_crop), opts.input_px).double()
-            total += x.sum(dim=(0, 2, 3))
-            total_sq += (x * x).sum(dim=(0, 2, 3))
-            count += x.shape[0] * x.shape[2] * x.shape[3]
-        mean = total / count
-        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
-        return mean.float(), std.float().clamp_min(1e-3)
+        loader = make_loader(PatchDataset(train, augment=False, rows=sample), 64, shuffle=False, workers=opts.workers)
+        mean, var = channel_stats(resize(centre_crop(images, opts.input_crop).float() / 255.0, opts.input_px)
+                                  for images, _, _ in loader)
+        return mean.float(), var.clamp_min(1e-12).sqrt().float().clamp_min(1e-3)
 
     # -- training -------------------------------------------------------------------------------
     def _optimizer(self, net: Any) -> Any:
@@ -260,9 +234,6 @@ class STNet(Model):
                            batch_size=opts.batch_size, device=self.device, seed=self.seed, workers=opts.workers,
                            workdir=self.workdir, progress=self._progress, select_best=opts.select == "best_val")
         self.net = net
-
-    def fold_extra(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict()} if getattr(self, "history", None) else {}
 
     # -- inference ------------------------------------------------------------------------------
     def forward_tta(self, x: Any) -> Any:

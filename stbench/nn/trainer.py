@@ -1,7 +1,10 @@
-"""One training loop for every patch model: epochs, best-validation checkpoint, loss history.
+"""One training loop for every model: epochs, best-validation checkpoint, loss history.
 
-The caller supplies ``loss_of(batch_images_uint8, targets) -> scalar loss`` and the optimiser; the
-loop handles devices (bf16 autocast and channels_last on CUDA), seeding, progress, validation and
+The caller supplies ``loss_of(inputs, targets) -> scalar loss``, the optimiser and the training
+steps: a :class:`~stbench.loader.PatchDataset` (shuffled mini-batches of uint8 patches, augmented per
+epoch) or any :class:`Batches` (for example :class:`SeededOrder`: a fixed list of steps, such as one
+whole slide per step, visited in a seeded order each epoch). The loop handles devices (bf16 autocast
+on CUDA), progress, divergence checks, validation, the loss history (``history.json``) and
 checkpointing (safetensors + JSON, reloaded with no unpickling).
 """
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -108,39 +111,110 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     return module, extra, config
 
 
-def fit(module: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: Any,
-        train: PatchDataset, val: PatchDataset | None, *, epochs: int, batch_size: int, device: str, seed: int,
+class Batches(Protocol):
+    """The training steps of one epoch: ``len()`` steps, each an ``(inputs, targets)`` pair. ``inputs``
+    is a tensor or a tuple of tensors (moved to the device as they are); a step counts ``len(targets)``
+    items in the epoch's mean loss."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Iterable[tuple[Any, Any]]: ...
+
+
+class PatchBatches:
+    """Mini-batches of a :class:`~stbench.loader.PatchDataset`, shuffled with ``seed`` (the last
+    incomplete batch dropped when there is more than one), augmented anew each epoch."""
+
+    def __init__(self, dataset: PatchDataset, batch_size: int, *, seed: int, workers: int = 0) -> None:
+        self.dataset = dataset
+        self.loader = make_loader(dataset, batch_size, shuffle=True, seed=seed, workers=workers,
+                                  drop_last=len(dataset) > batch_size)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterable[tuple[Any, Any]]:
+        self.dataset.set_epoch(epoch)
+        return ((images, targets) for images, targets, _ in self.loader)
+
+
+class SeededOrder:
+    """A fixed list of ``(inputs, targets)`` steps, all visited every epoch in an order drawn from
+    ``(seed, epoch)``: for models that take one whole sample (a slide) per step."""
+
+    def __init__(self, steps: Sequence[tuple[Any, Any]], seed: int) -> None:
+        self.steps, self.seed = list(steps), seed
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.steps))
+
+    def epoch(self, epoch: int) -> Iterable[tuple[Any, Any]]:
+        return (self.steps[i] for i in self.order(epoch))
+
+
+def to_device(x: Any, device: str, non_blocking: bool = False) -> Any:
+    """A tensor, or a tuple / list of them, on ``device``."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(t, device, non_blocking) for t in x)
+    return x.to(device, non_blocking=non_blocking)
+
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def train_epoch(module: nn.Module, loss_of: LossFn, optimizer: Any, batches: Batches, epoch: int, epochs: int, *,
+                device: str, report: Callable[..., None], min_batch: int = 2) -> float:
+    """One epoch of optimiser steps; the mean training loss per item. Steps of fewer than
+    ``min_batch`` items are skipped; a non-finite loss or weight raises :class:`TrainingDiverged`."""
+    module.train()
+    steps = len(batches)
+    total, count = 0.0, 0
+    for step, (inputs, targets) in enumerate(batches.epoch(epoch)):
+        if len(targets) < min_batch:
+            continue
+        inputs, targets = to_device(inputs, device, True), to_device(targets, device, True)
+        with autocast(device):
+            loss = loss_of(inputs, targets)
+        value = check_finite_loss(loss, epoch, step, steps, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + value * len(targets), count + len(targets)
+        report("train", epoch * steps + step + 1, epochs * steps, epoch=epoch + 1, loss=total / max(count, 1))
+    check_finite_weights(module, epoch)
+    return total / max(count, 1)
+
+
+def fit(module: nn.Module, loss_of: LossFn, optimizer: Any, train: Union[PatchDataset, Batches],
+        val: PatchDataset | None, *, epochs: int, batch_size: int | None = None, device: str, seed: int,
         workers: int = 0, workdir: Path | None = None, progress: Callable[..., None] | None = None,
         select_best: bool = True, min_batch: int = 2) -> History:
-    """Train for ``epochs``; keep the weights of the best validation epoch (or the last one)."""
+    """Train for ``epochs``; keep the weights of the best validation epoch (``select_best``; the best
+    training loss without validation) or of the last epoch. ``train`` is a PatchDataset (batched by
+    ``batch_size``) or any :class:`Batches`; ``val`` (optional) is evaluated after every epoch.
+    Writes ``history.json`` into ``workdir`` when one is given."""
+    batched = isinstance(train, PatchDataset) or (val is not None and len(val) > 0)
+    if batched and batch_size is None:
+        raise TypeError("fit: batch_size is required to batch a PatchDataset")
+    if isinstance(train, PatchDataset):
+        train = PatchBatches(train, batch_size, seed=seed, workers=workers)
+    val_loader = make_loader(val, batch_size, shuffle=False, seed=seed, workers=workers) if val is not None and len(val) else None
+    report = progress or (lambda *a, **k: None)
     history = History()
     best_loss, best_state = math.inf, None
-    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train) > batch_size)
-    val_loader = make_loader(val, batch_size, shuffle=False, seed=seed, workers=workers) if val is not None and len(val) else None
-    steps = len(train_loader)
-    report = progress or (lambda *a, **k: None)
     for epoch in range(epochs):
-        train.set_epoch(epoch)
-        module.train()
-        total, count = 0.0, 0
-        for step, (images, targets, _) in enumerate(train_loader):
-            if len(images) < min_batch:
-                continue
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(device):
-                loss = loss_of(images, targets)
-            value = check_finite_loss(loss, epoch, step, steps, optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + value * len(images), count + len(images)
-            report("train", epoch * steps + step + 1, epochs * steps, epoch=epoch + 1, loss=total / max(count, 1))
-        check_finite_weights(module, epoch)
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        record = {"epoch": epoch + 1, "train_loss": train_epoch(module, loss_of, optimizer, train, epoch, epochs,
+                                                                  device=device, report=report, min_batch=min_batch)}
         if val_loader is not None:
             record["val_loss"] = evaluate(module, loss_of, val_loader, device, min_batch)
         history.epochs.append(record)
-        score = record.get("val_loss", record["train_loss"]) if select_best else -epoch
+        if not select_best:  # the last epoch is kept: the weights are already in the module
+            history.best_epoch = epoch + 1
+            continue
+        score = record.get("val_loss", record["train_loss"])
         if score < best_loss:
             best_loss, history.best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -152,14 +226,16 @@ def fit(module: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, loss_of: Callable, loader: Any, device: str, min_batch: int = 2) -> float:
+def evaluate(module: nn.Module, loss_of: LossFn, loader: Any, device: str, min_batch: int = 2) -> float:
+    """The mean loss per item over a loader's ``(inputs, targets, ...)`` batches, in eval mode."""
     module.eval()
     total, count = 0.0, 0
-    for images, targets, _ in loader:
-        if len(images) < min_batch:
+    for batch in loader:
+        inputs, targets = batch[0], batch[1]
+        if len(targets) < min_batch:
             continue
-        images, targets = images.to(device), targets.to(device)
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
         with autocast(device):
-            total += float(loss_of(images, targets)) * len(images)
-        count += len(images)
+            total += float(loss_of(inputs, targets)) * len(targets)
+        count += len(targets)
     return total / count if count else float("nan")
