@@ -1,4 +1,5 @@
-"""The projection head shared by HECLIP, BLEEP and CLIP (from the OpenAI-CLIP tutorial)."""
+"""The projection head of image-expression contrastive learning (Xie et al. 2023; from the OpenAI-CLIP
+tutorial): maps an encoder's features, or an expression vector, into the shared embedding space."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Top-K cosine retrieval and expression aggregation for the contrastive models (HECLIP, BLEEP, CLIP).
+"""Top-K cosine retrieval and expression aggregation, for models that predict by retrieval.
 
 A query spot's expression is predicted by finding the ``k`` reference embeddings most similar to
 the query's embedding (cosine similarity = dot product of L2-normalised rows) and aggregating those
@@ -45,6 +45,9 @@ from stbench.errors import DataError, unknown
 __all__ = [
     "topk_cosine",
     "aggregate",
+    "aggregate_mean",
+    "aggregate_top1",
+    "aggregate_weighted",
     "predict_by_retrieval",
     "default_chunk_sizes",
     "AGGREGATIONS",
@@ -310,17 +313,9 @@ def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "m
 
     ``indices`` (Nq x K, int) and ``scores`` (Nq x K) come from :func:`topk_cosine` (rows sorted
     best first); ``scores`` is only checked for shape, none of the methods weights by cosine.
-    ``reference_values`` is (Nr x G).
-
-    Methods:
-
-    * ``mean``: uniform mean of the K matched rows.
-    * ``top1``: the first (best) match's row.
-    * ``weighted``: BLEEP's weighted average. With ``d_j = ||k_j - q||^2`` on the *unnormalised*
-      embeddings (``query_emb`` and ``reference_emb`` required) and ``a`` the ``d`` of the top-1
-      match, ``w_j = exp(-(d_j - a + 1))`` and the prediction is ``sum_j w_j v_j / sum_j w_j``.
-      The normalised weights equal ``softmax(-d)``, which is how they are computed (in float64):
-      the same values, without BLEEP's overflow when some ``d_j`` is far below ``a``.
+    ``reference_values`` is (Nr x G). ``method`` (one of :data:`AGGREGATIONS`) picks
+    :func:`aggregate_mean`, :func:`aggregate_top1` or :func:`aggregate_weighted` (which needs the
+    unnormalised ``query_emb`` and ``reference_emb``).
 
     Computed in query chunks (about :data:`BLOCK_BYTES` per chunk, or ``chunk_size`` queries) and
     accumulated match by match, so no (Nq x K x G) array is built. Runs on the device of
@@ -333,19 +328,70 @@ def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "m
     values = _check_2d(reference_values, "reference values")
     as_numpy = isinstance(values, np.ndarray)
     vals = torch.from_numpy(np.ascontiguousarray(values)) if as_numpy else values
-    if not vals.is_floating_point():
+    if vals.dtype not in (torch.float32, torch.float64):
         vals = vals.to(torch.float32)
-    elif vals.dtype not in (torch.float32, torch.float64):
-        vals = vals.to(torch.float32)
-    dev = vals.device
+    idx = _check_indices(indices, scores, vals)
+    nq, kk = idx.shape
+    q_emb, r_emb = (_check_weighted_embeddings(query_emb, reference_emb, nq, vals) if method == "weighted"
+                    else (None, None))
+    chunk_size = _aggregation_chunk(chunk_size, vals.shape[1], kk, q_emb)
+    out = torch.empty((nq, vals.shape[1]), dtype=vals.dtype, device=vals.device)
+    with torch.no_grad():
+        for s in range(0, nq, chunk_size):
+            e = min(s + chunk_size, nq)
+            if method == "weighted":
+                out[s:e] = aggregate_weighted(vals, idx[s:e], q_emb[s:e], r_emb)
+            else:
+                out[s:e] = (aggregate_mean if method == "mean" else aggregate_top1)(vals, idx[s:e])
+    return out.cpu().numpy() if as_numpy else out
+
+
+def aggregate_mean(values: Any, indices: Any) -> Any:
+    """Uniform mean of the K matched rows: (n, G) from ``values`` (Nr x G) and ``indices`` (n x K)
+    on its device, summed match by match in the values' dtype."""
+    acc = values.index_select(0, indices[:, 0]).clone()
+    for j in range(1, indices.shape[1]):
+        acc.add_(values.index_select(0, indices[:, j]))
+    return acc.div_(indices.shape[1])
+
+
+def aggregate_top1(values: Any, indices: Any) -> Any:
+    """The first (best) match's row: (n, G)."""
+    return values.index_select(0, indices[:, 0])
+
+
+def aggregate_weighted(values: Any, indices: Any, query_emb: Any, reference_emb: Any) -> Any:
+    """Distance-weighted mean, as in the inference script of Xie et al. 2023: with ``d_j = ||k_j - q||^2``
+    on the *unnormalised* embeddings (``query_emb``: the n queries' rows, numpy or tensor;
+    ``reference_emb``: all references, a tensor on the values' device) and ``a`` the ``d`` of the
+    top-1 match, ``w_j = exp(-(d_j - a + 1))`` and the prediction is ``sum_j w_j v_j / sum_j w_j``.
+    The normalised weights equal ``softmax(-d)``, which is how they are computed (in float64): the
+    same values, without the published formula's overflow when some ``d_j`` is far below ``a``."""
+    torch = _torch()
+    n, kk = indices.shape
+    dev = values.device
+    q = torch.as_tensor(np.ascontiguousarray(query_emb) if isinstance(query_emb, np.ndarray) else query_emb)
+    q = q.to(device=dev, dtype=torch.float64)
+    keys = reference_emb.index_select(0, indices.reshape(-1)).to(torch.float64).reshape(n, kk, -1)
+    dist = (keys - q[:, None, :]).square_().sum(dim=2)  # (n, K), unnormalised
+    w = torch.softmax(-dist, dim=1)  # == exp(-(d - a + 1)) / sum(...)
+    acc = torch.zeros((n, values.shape[1]), dtype=torch.float64, device=dev)
+    for j in range(kk):
+        acc.addcmul_(values.index_select(0, indices[:, j]).to(torch.float64), w[:, j:j + 1])
+    return acc.to(values.dtype)
+
+
+def _check_indices(indices: Any, scores: Any, vals: Any) -> Any:
+    """``indices`` as an int64 tensor on the values' device, checked against ``scores`` and the rows."""
+    torch = _torch()
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
     if idx.ndim != 2:
         raise DataError(f"indices must be 2-D (n_query, k), got shape {tuple(idx.shape)}")
     if idx.dtype.is_floating_point or idx.dtype == torch.bool:
         raise DataError(f"indices must be integers, got {idx.dtype}")
-    idx = idx.to(device=dev, dtype=torch.int64)
+    idx = idx.to(device=vals.device, dtype=torch.int64)
     nq, kk = idx.shape
-    nr, g = vals.shape
+    nr = vals.shape[0]
     if scores is not None and tuple(np.shape(scores)) != (nq, kk):
         raise DataError(f"scores shape {tuple(np.shape(scores))} differs from indices shape {(nq, kk)}")
     if nq and kk == 0:
@@ -353,49 +399,31 @@ def aggregate(indices: Any, scores: Any, reference_values: Any, method: str = "m
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= nr):
         raise DataError(f"indices out of range for {nr} reference rows "
                         f"(min {int(idx.min())}, max {int(idx.max())}); pass the matching reference values")
+    return idx
 
-    q_emb = r_emb = None
-    if method == "weighted":
-        if query_emb is None or reference_emb is None:
-            raise DataError("method 'weighted' needs query_emb and reference_emb (unnormalised embeddings)")
-        q_emb = _check_2d(query_emb, "query embeddings")
-        r_emb = _check_2d(reference_emb, "reference embeddings")
-        if q_emb.shape[0] != nq or r_emb.shape[0] != nr or q_emb.shape[1] != r_emb.shape[1]:
-            raise DataError(f"weighted aggregation: query_emb {tuple(q_emb.shape)} / reference_emb "
-                            f"{tuple(r_emb.shape)} do not match indices ({nq} queries) and values ({nr} references)")
-        r_emb = torch.as_tensor(r_emb).to(device=dev)
 
-    out = torch.empty((nq, g), dtype=vals.dtype, device=dev)
+def _check_weighted_embeddings(query_emb: Any, reference_emb: Any, nq: int, vals: Any) -> tuple[Any, Any]:
+    """(query embeddings as given, reference embeddings as a tensor on the values' device)."""
+    if query_emb is None or reference_emb is None:
+        raise DataError("method 'weighted' needs query_emb and reference_emb (unnormalised embeddings)")
+    q_emb = _check_2d(query_emb, "query embeddings")
+    r_emb = _check_2d(reference_emb, "reference embeddings")
+    nr = vals.shape[0]
+    if q_emb.shape[0] != nq or r_emb.shape[0] != nr or q_emb.shape[1] != r_emb.shape[1]:
+        raise DataError(f"weighted aggregation: query_emb {tuple(q_emb.shape)} / reference_emb "
+                        f"{tuple(r_emb.shape)} do not match indices ({nq} queries) and values ({nr} references)")
+    return q_emb, _torch().as_tensor(r_emb).to(device=vals.device)
+
+
+def _aggregation_chunk(chunk_size: int | None, n_genes: int, k: int, q_emb: Any) -> int:
+    """Queries per aggregation chunk: ``chunk_size`` (checked) or about :data:`BLOCK_BYTES` worth."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
         raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if chunk_size is None:
-        per_query = max(g, kk * (q_emb.shape[1] if q_emb is not None else 1)) * 8
+        per_query = max(n_genes, k * (q_emb.shape[1] if q_emb is not None else 1)) * 8
         chunk_size = max(1, BLOCK_BYTES // per_query)
-    with torch.no_grad():
-        for s in range(0, nq, chunk_size):
-            e = min(s + chunk_size, nq)
-            ii = idx[s:e]
-            if method == "top1":
-                out[s:e] = vals.index_select(0, ii[:, 0])
-                continue
-            if method == "mean":
-                acc = vals.index_select(0, ii[:, 0]).clone()
-                for j in range(1, kk):
-                    acc.add_(vals.index_select(0, ii[:, j]))
-                out[s:e] = acc.div_(kk)
-                continue
-            # weighted (BLEEP)
-            q = torch.as_tensor(np.ascontiguousarray(q_emb[s:e]) if isinstance(q_emb, np.ndarray) else q_emb[s:e])
-            q = q.to(device=dev, dtype=torch.float64)
-            keys = r_emb.index_select(0, ii.reshape(-1)).to(torch.float64).reshape(e - s, kk, -1)
-            dist = (keys - q[:, None, :]).square_().sum(dim=2)  # (chunk, K), unnormalised
-            w = torch.softmax(-dist, dim=1)  # == exp(-(d - a + 1)) / sum(...)
-            acc = torch.zeros((e - s, g), dtype=torch.float64, device=dev)
-            for j in range(kk):
-                acc.addcmul_(vals.index_select(0, ii[:, j]).to(torch.float64), w[:, j:j + 1])
-            out[s:e] = acc.to(vals.dtype)
-    return out.cpu().numpy() if as_numpy else out
+    return chunk_size
 
 
 def predict_by_retrieval(query_emb: Any, reference_emb: Any, reference_values: Any, k: int = 50,
