@@ -72,3 +72,26 @@ def test_mismatched_weights_and_unknown_encoder(tmp_path):
         create_encoder("resnet_nope", pretrained=False)
     with pytest.raises(StbenchError, match="does not exist"):
         create_encoder("test_resnet", pretrained=False, weights=str(tmp_path / "missing.pth"))
+
+
+def test_input_helpers_crop_resize_and_channel_statistics():
+    import numpy as np
+
+    from stbench.nn.inputs import centre_crop, channel_stats, resize
+
+    x = torch.arange(2 * 3 * 10 * 8, dtype=torch.float32).reshape(2, 3, 10, 8)
+    assert torch.equal(centre_crop(x, 4), x[..., 3:7, 2:6])  # an odd margin: one pixel nearer the top
+    assert torch.equal(centre_crop(x, 9), x[..., 0:9, :]) and torch.equal(centre_crop(x, 12), x)
+    assert centre_crop(x, None) is x
+    square = x[..., :8, :]
+    assert resize(x, 5).shape == (2, 3, 5, 5) and resize(square, 8) is square and resize(square, None) is square
+    batches = [torch.rand(4, 3, 5, 5), torch.rand(2, 3, 5, 5)]
+    pixels = torch.cat(batches).permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    for ddof in (0, 1):
+        mean, var = channel_stats(iter(batches), dim=1, ddof=ddof)
+        np.testing.assert_allclose(mean.numpy(), pixels.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(var.numpy(), pixels.var(0, ddof=ddof), rtol=1e-9)
+    mean, _ = channel_stats([torch.from_numpy(pixels)], dim=-1)
+    np.testing.assert_allclose(mean.numpy(), pixels.mean(0), rtol=1e-12)
+    with pytest.raises(ValueError, match="no pixels"):
+        channel_stats([])

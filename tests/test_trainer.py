@@ -6,7 +6,8 @@ import torch
 import pytest
 
 from stbench.loader import PatchDataset, make_loader
-from stbench.nn.trainer import evaluate, fit, load_checkpoint, reference_split, save_checkpoint, split_spots
+from stbench.nn.trainer import (SeededOrder, evaluate, fit, load_checkpoint, reference_split, save_checkpoint,
+                                split_spots)
 from stbench.testing import tiny_fold
 
 
@@ -54,3 +55,28 @@ def test_checkpoint_round_trip_is_safetensors(tmp_path):
     assert torch.equal(state["weight"], net.weight) and json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
     raw = (tmp_path / "m.safetensors").read_bytes()
     assert raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") < len(raw)  # safetensors header, not a pickle
+
+
+def test_fit_takes_a_seeded_order_of_whole_steps_and_keeps_the_last_epoch(tmp_path):
+    # one whole sample per step (as a slide-level model trains), no validation, last epoch kept
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    steps = [((torch.randn(n, 2), torch.ones(n, 1)), torch.randn(n, 1)) for n in (1, 3, 5)]
+    seen = []
+
+    def loss_of(inputs, targets):
+        x, scale = inputs  # a tuple of inputs travels as it is
+        seen.append(len(targets))
+        return ((net(x) * scale - targets) ** 2).mean()
+
+    order = SeededOrder(steps, seed=4)
+    history = fit(net, loss_of, torch.optim.SGD(net.parameters(), lr=0.1), order, None, epochs=3, device="cpu",
+                  seed=4, workdir=tmp_path, select_best=False, min_batch=1)
+    assert seen == [len(steps[i][1]) for epoch in range(3) for i in order.order(epoch)]
+    assert history.best_epoch == 3 and len(history.epochs) == 3 and "val_loss" not in history.epochs[0]
+    assert json.loads((tmp_path / "history.json").read_text()) == history.to_dict()
+    assert np.array_equal(SeededOrder(steps, 4).order(2), order.order(2))
+    assert any(not np.array_equal(order.order(0), order.order(e)) for e in range(1, 6))
+    with pytest.raises(TypeError, match="batch_size"):
+        fit(net, loss_of, torch.optim.SGD(net.parameters(), lr=0.1), PatchDataset(tiny_fold().train), None,
+            epochs=1, device="cpu", seed=0)
