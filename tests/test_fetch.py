@@ -9,13 +9,22 @@ from stbench.catalog import PACKAGED, load_catalog, parse_entry
 from stbench.errors import DataError, StbenchError
 from stbench.fetch import fetch_dataset, missing_sources, source_location
 
-from conftest import SHARED_DATA
+from conftest import FIXTURE_CATALOG, HER2ST_MINI, SHARED_DATA
 
-HER2ST = SHARED_DATA / "her2st"
+HER2ST = SHARED_DATA / "her2st"  # the full sections (full_data tests only)
 
 
 def her2st_c():
     return next(e for e in load_catalog(PACKAGED) if e.name == "her2st_C_HVG")
+
+
+def her2st_mini():
+    return next(e for e in load_catalog(FIXTURE_CATALOG) if e.name == "her2st_mini_HVG")
+
+
+# (catalogue entry, mirror folder): the committed fixture always, the packaged entry on the full data
+MIRRORS = [pytest.param(her2st_mini, HER2ST_MINI, id="mini"),
+           pytest.param(her2st_c, HER2ST, id="full", marks=pytest.mark.full_data)]
 
 
 def test_source_urls_and_mirror():
@@ -25,22 +34,41 @@ def test_source_urls_and_mirror():
     assert source_location(e, src, "/m/her2st") == "/m/her2st/" + src["path"]
 
 
-def test_fetch_from_a_folder_mirror_verifies_every_file(stbench_dirs):
+@pytest.mark.parametrize("make_entry, mirror", MIRRORS)
+def test_fetch_from_a_folder_mirror_verifies_every_file(stbench_dirs, make_entry, mirror):
     data, _ = stbench_dirs
-    e = her2st_c()
+    e = make_entry()
     assert len(missing_sources(e)) == 15
-    paths = fetch_dataset(e, mirror=str(HER2ST))
+    paths = fetch_dataset(e, mirror=str(mirror))
     assert len(paths) == 15 and missing_sources(e) == []
     for src, p in zip(e.sources, paths):
-        assert p == data / "her2st" / src["path"]
+        assert p == data / e.root / src["path"]
         assert hashlib.sha256(p.read_bytes()).hexdigest() == src["sha256"]
+        assert p.read_bytes() == (mirror / src["path"]).read_bytes()
 
 
-def test_fetch_over_http_from_a_local_server(stbench_dirs, http_server):
-    url = http_server(HER2ST)
-    e = her2st_c()
+@pytest.mark.parametrize("make_entry, mirror", MIRRORS)
+def test_fetch_over_http_from_a_local_server(stbench_dirs, http_server, make_entry, mirror):
+    data, _ = stbench_dirs
+    url = http_server(mirror)
+    e = make_entry()
     fetch_dataset(e, mirror=url)
     assert missing_sources(e) == []
+    for src in e.sources:
+        assert hashlib.sha256((data / e.root / src["path"]).read_bytes()).hexdigest() == src["sha256"]
+
+
+def test_fixture_manifest_matches_the_fixture_catalogue():
+    """tests/data/her2st_mini/MANIFEST.tsv and fixtures.toml describe the same 15 committed files."""
+    rows = [line.split("\t") for line in (HER2ST_MINI / "MANIFEST.tsv").read_text().splitlines()]
+    assert rows[0] == ["path", "bytes", "sha256"]
+    manifest = {path: (int(size), sha) for path, size, sha in rows[1:]}
+    for name in ("her2st_mini_HVG", "her2st_mini_HEG"):
+        e = next(x for x in load_catalog(FIXTURE_CATALOG) if x.name == name)
+        assert {s["path"]: (s["size"], s["sha256"]) for s in e.sources} == manifest
+    for path, (size, sha) in manifest.items():
+        data = (HER2ST_MINI / path).read_bytes()
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, path
 
 
 def entry(**over):
@@ -54,7 +82,7 @@ def entry(**over):
 def test_checksum_mismatch_names_the_file_and_keeps_nothing(stbench_dirs, http_server):
     data, _ = stbench_dirs
     with pytest.raises(DataError) as e:
-        fetch_dataset(entry(), mirror=http_server(HER2ST))
+        fetch_dataset(entry(), mirror=http_server(HER2ST_MINI))
     assert "checksum mismatch for ST-spotfiles/C2_selection.tsv" in str(e.value) and "nothing was kept" in str(e.value)
     folder = data / "t" / "ST-spotfiles"
     assert not any(folder.iterdir()) if folder.exists() else True
@@ -80,11 +108,15 @@ def test_not_downloaded_dataset_says_how_to_fetch(cli, stbench_dirs):
     assert result.stderr.strip().endswith("run `stbench fetch her2st_C_HVG`")
 
 
-def test_cli_fetch_with_mirror(cli, stbench_dirs):
+@pytest.mark.parametrize("args, mirror, root", [
+    pytest.param(("--catalog", str(FIXTURE_CATALOG), "fetch", "her2st_mini_HEG"), HER2ST_MINI, "her2st_mini", id="mini"),
+    pytest.param(("fetch", "her2st_C_HEG"), HER2ST, "her2st", id="full", marks=pytest.mark.full_data),
+])
+def test_cli_fetch_with_mirror(cli, stbench_dirs, args, mirror, root):
     data, _ = stbench_dirs
-    result = cli("fetch", "her2st_C_HEG", "--mirror", str(HER2ST))
+    result = cli(*args, "--mirror", str(mirror))
     assert result.exit_code == 0, result.output
-    assert (data / "her2st" / "ST-cnts" / "C2.tsv.gz").is_file()
+    assert (data / root / "ST-cnts" / "C2.tsv.gz").read_bytes() == (mirror / "ST-cnts" / "C2.tsv.gz").read_bytes()
     assert "15 file(s)" in result.output
 
 
@@ -141,9 +173,9 @@ def test_a_cut_download_resumes_with_range_and_verifies(stbench_dirs, monkeypatc
     from stbench import fetch
 
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
-    server, url = flaky_server(HER2ST)
+    server, url = flaky_server(HER2ST_MINI)
     try:
-        e = her2st_c()
+        e = her2st_mini()
         src = next(s for s in e.sources if s["path"].endswith("C2.tsv.gz"))
         seen_offsets = []
         path = fetch.fetch_source(e, src, mirror=url, progress=lambda label, done, total, **info: seen_offsets.append(done))
@@ -157,7 +189,7 @@ def test_a_cut_download_resumes_with_range_and_verifies(stbench_dirs, monkeypatc
 
 
 def test_an_html_error_page_is_refused(stbench_dirs):
-    server, url = flaky_server(HER2ST, html=True)
+    server, url = flaky_server(HER2ST_MINI, html=True)
     try:
         with pytest.raises(DataError, match=r"sent an HTML page instead of ST-spotfiles/C2_selection.tsv"):
             fetch_dataset(entry(), mirror=url)
@@ -319,7 +351,7 @@ def test_an_unwritable_data_root_is_one_line_with_the_fix(stbench_dirs, monkeypa
     blocker.write_text("")
     monkeypatch.setenv("STBENCH_DATA", str(blocker))
     with pytest.raises(StbenchError, match=rf"^cannot write to {blocker / 't' / 'ST-spotfiles'} .*set STBENCH_DATA"):
-        fetch_dataset(entry(), mirror=str(HER2ST))
+        fetch_dataset(entry(), mirror=str(HER2ST_MINI))
 
 
 def closed_port() -> int:

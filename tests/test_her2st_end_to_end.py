@@ -1,4 +1,7 @@
-"""The real data path on her2st patient C (sections C2-C6) through the local mirror."""
+"""The real data path on the FULL her2st patient C sections (C2-C6) through the local mirror.
+
+Needs ../shared/data (or STBENCH_TEST_DATA): skipped without it. The same path on the committed
+her2st_mini fixture runs always, in test_fixture_end_to_end.py."""
 import json
 
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 
 from conftest import SHARED_DATA
 
+pytestmark = pytest.mark.full_data
 MIRROR = SHARED_DATA / "her2st"
 
 
@@ -108,7 +112,8 @@ def test_cache_commands(fetched, cli):
     assert cli("prepare", "her2st_C_HVG").exit_code == 0
     listed = cli("cache", "ls", "--json")
     rows = json.loads(listed.output)
-    assert {r["slide_key"] for r in rows} >= {"her2st/C2", "her2st/C6"} and all(r["valid"] for r in rows)
+    patches = {r["key"] for r in rows if r["kind"] == "patches"}
+    assert patches >= {"her2st/C2/256px-native", "her2st/C6/256px-native"} and all(r["valid"] for r in rows)
     assert cli("cache", "verify").exit_code == 0
     path = fetched / "cache" / "patches" / "her2st" / "C3" / "256px-native.h5"
     path.write_bytes(b"not hdf5")

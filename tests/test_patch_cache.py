@@ -1,4 +1,4 @@
-"""The HDF5 patch cache and the windowed image reader (small synthetic images; one real JPEG)."""
+"""The HDF5 patch cache and the windowed image reader (small synthetic images; real her2st JPEGs)."""
 from __future__ import annotations
 
 import logging
@@ -22,8 +22,10 @@ from stbench.image_reader import open_image
 from stbench.patch_cache import (H5Images, PatchSpec, build_patches, cache_root, clear_cache, ensure_patches,
                                  list_cache, open_patches, patch_file, validate_patches, verify_cache)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-C2_JPEG = SHARED_DATA / "her2st" / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg"
+from conftest import HER2ST_MINI, SHARED_DATA
+
+C2_JPEG = SHARED_DATA / "her2st" / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg"  # 92 Mpx, full data only
+C2_MINI_JPEG = HER2ST_MINI / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg"  # committed fixture crop
 
 H, W = 150, 220  # small, non-square, not a multiple of the tile size
 P = 32
@@ -511,18 +513,24 @@ def test_list_verify_clear(tmp_path):
 # ----------------------------------------------------------------------------- real image
 
 
-@pytest.mark.skipif(not C2_JPEG.exists(), reason="her2st C2 image not in shared/data")
-def test_real_her2st_jpeg_matches_pil_crops(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jpeg, centres, tissue", [
+    # committed fixture: 1736 x 1491 px crop of C2 (all tissue); interior, fractional, near each corner
+    pytest.param(C2_MINI_JPEG, [(140, 142), (868.4, 745.6), (1600, 200), (300.6, 1350.4), (1600, 1355)], True,
+                 id="mini"),
+    # the full scan: these centres include background near the corners
+    pytest.param(C2_JPEG, [(1000, 1500), (4637, 4955), (8000, 2000), (2500.4, 7800.6), (9000, 9500)], False,
+                 id="full", marks=pytest.mark.full_data),
+])
+def test_real_her2st_jpeg_matches_pil_crops(tmp_path, monkeypatch, jpeg, centres, tissue):
     limit = Image.MAX_IMAGE_PIXELS
-    centres = [(1000, 1500), (4637, 4955), (8000, 2000), (2500.4, 7800.6), (9000, 9500)]
     out = tmp_path / "c2.h5"
-    build_patches(C2_JPEG, np.array(centres, float), np.array([f"s{i}" for i in range(5)]),
+    build_patches(jpeg, np.array(centres, float), np.array([f"s{i}" for i in range(5)]),
                   np.zeros((5, 2), int), out, PatchSpec(256))
     d = open_patches(out)
     assert d["images"].shape == (5, 256, 256, 3) and d["attrs"]["n_padded"] == 0
     assert Image.MAX_IMAGE_PIXELS == limit  # the reader lifts PIL's limit only while it decodes
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # 92 Mpx: above PIL's warning threshold
-    with Image.open(C2_JPEG) as im:
+    with Image.open(jpeg) as im:
         assert (d["attrs"]["image_width"], d["attrs"]["image_height"]) == im.size
         rgb = im.convert("RGB")
         for i, (x, y) in enumerate(centres):
@@ -530,3 +538,4 @@ def test_real_her2st_jpeg_matches_pil_crops(tmp_path, monkeypatch):
             want = np.asarray(rgb.crop((x - 128, y - 128, x + 128, y + 128)))
             assert d["images"][i].shape == (256, 256, 3)
             np.testing.assert_array_equal(d["images"][i], want)
+            assert want.std() > 20 or not tissue  # real tissue, not background or padding

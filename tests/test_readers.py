@@ -1,5 +1,9 @@
-"""Slide readers (Visium, legacy ST, AnnData) and the shared checks, on the real files in ../shared/data
-and on small variants built in tmp_path. Offline, CPU only, a few seconds."""
+"""Slide readers (Visium, legacy ST, AnnData) and the shared checks, on real files and on small variants
+built in tmp_path. Offline, CPU only, a few seconds.
+
+Real files: the committed fixtures in tests/data (her2st_mini: her2st sections C2-C6 cut to 30 spots;
+visium_sr1: a Space Ranger 1.x folder with real her2st pixels and counts), always; the full her2st
+sections and the real Space Ranger 1.0 sample in ../shared/data, in the tests marked ``full_data``."""
 from __future__ import annotations
 
 import gzip
@@ -24,10 +28,14 @@ from stbench.readers.checks import (check_slide_adata, estimate_pixel_size, matc
 from stbench.readers.st_legacy import STLegacyReader
 from stbench.readers.visium import VisiumReader
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VISIUM = SHARED_DATA / "visium_spaceranger_1.0.0"
-HER2ST = SHARED_DATA / "her2st"
+from conftest import FIXTURES, HER2ST_MINI, SHARED_DATA, VISIUM_SR1
+
+VISIUM_SAMPLE = SHARED_DATA / "visium_spaceranger_1.0.0"  # real Space Ranger 1.0 subset (black hires): full data
+HER2ST = SHARED_DATA / "her2st"  # full sections: full data
 HER2ST_SPOTS = {"C2": 187, "C3": 180, "C4": 184, "C5": 181, "C6": 178}  # datasets.md table, C1 absent
+MINI_SPOTS = {"C2": 30, "C3": 30, "C4": 30, "C5": 30, "C6": 30}  # her2st_mini: each section's densest 6 x 5
+# The Space Ranger 1.x folder the Visium variants below are built from: the committed fixture (real pixels)
+VISIUM = VISIUM_SR1
 POS_COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 
@@ -35,11 +43,6 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     msg = str(err.value)
     assert "\n" not in msg and msg.strip() == msg
     return msg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _shared_data_present():
-    assert VISIUM.is_dir() and HER2ST.is_dir(), f"shared test data missing under {SHARED_DATA}"
 
 
 # ==================================================================================== checks
@@ -234,38 +237,67 @@ def _same_slide(a: anndata.AnnData, b: anndata.AnnData) -> None:
     np.testing.assert_array_equal(a.obs[["array_row", "array_col"]], b.obs[["array_row", "array_col"]])
 
 
+def median_pitch(positions: pd.DataFrame, scale: float = 1.0) -> float:
+    """Median pixel distance of spots on the same array_row two array_col apart (100 um on Visium), from
+    the positions as make_visium writes them (times ``scale``, rounded)."""
+    p = positions.assign(x=np.round(positions["pxl_col_in_fullres"] * scale),
+                         y=np.round(positions["pxl_row_in_fullres"] * scale))
+    pairs = p.merge(p.assign(array_col=p["array_col"] - 2), on=["array_row", "array_col"], suffixes=("", "_n"))
+    return float(np.median(np.hypot(pairs["x_n"] - pairs["x"], pairs["y_n"] - pairs["y"])))
+
+
 @pytest.fixture(scope="module")
 def visium_real() -> anndata.AnnData:
+    """The Space Ranger 1.x fixture (real her2st pixels and counts) as the reader reads it."""
     with pytest.warns(UserWarning, match="downsampled"):
-        return VisiumReader().read_slide(SHARED_DATA, VISIUM.name)
+        return VisiumReader().read_slide(FIXTURES, VISIUM.name)
 
 
-def test_visium_spaceranger1_sample_uses_hires_fallback(visium_real, visium_positions, visium_counts):
-    a = visium_real
-    assert a.shape == (100, 100)
+# Space Ranger 1.x folders read as they are: (folder, shape, tissue_hires_scalef, um/px, in-tissue spots,
+# hires image size). visium_sr1: 52 grid spots over a 1300 x 1150 px window of her2st C5 (0.682 um/px,
+# so 100 um = 146.6 px), 39 in tissue; hires long side 272 px. The real sample: 138 px per 100 um.
+SR1_SAMPLES = [
+    pytest.param(VISIUM_SR1, (39, 3000), 272 / 1300, (0.682, 0.01), 39, (272, 241), id="fixture"),
+    pytest.param(VISIUM_SAMPLE, (100, 100), 0.150015, (100 / 138, 1e-3), 4235, (2000, 2000), id="spaceranger-1.0.0",
+                 marks=pytest.mark.full_data),
+]
+
+
+@pytest.mark.parametrize("folder, shape, scale, um_per_px, n_in_tissue, hires_size", SR1_SAMPLES)
+def test_visium_spaceranger1_sample_uses_hires_fallback(folder, shape, scale, um_per_px, n_in_tissue, hires_size):
+    import scanpy as sc
+
+    h5 = folder / "filtered_feature_bc_matrix.h5"
+    positions = pd.read_csv(folder / "spatial" / "tissue_positions_list.csv", header=None, names=POS_COLS)
+    counts = sc.read_10x_h5(str(h5))
+    with pytest.warns(UserWarning, match="downsampled"):
+        a = VisiumReader().read_slide(folder.parent, folder.name)
+    assert a.shape == shape
     assert isinstance(a.X, sp.csr_matrix) and a.X.dtype == np.float32
-    np.testing.assert_array_equal(a.X.toarray(), visium_counts.X.toarray())  # raw counts, h5 order
-    assert list(a.obs_names) == list(visium_counts.obs_names)
+    np.testing.assert_array_equal(a.X.toarray(), counts.X.toarray())  # raw counts, h5 order
+    assert list(a.obs_names) == list(counts.obs_names)
     meta = a.uns["stbench"]
-    assert meta["image_path"] == str(VISIUM / "spatial" / "tissue_hires_image.png")
-    assert meta["image_scale"] == pytest.approx(0.150015)
-    assert meta["pixel_size_um"] == pytest.approx(100 / 138, rel=1e-3)  # 138 px per 100 um
+    assert meta["image_path"] == str(folder / "spatial" / "tissue_hires_image.png")
+    assert meta["image_scale"] == pytest.approx(scale)
+    assert meta["pixel_size_um"] == pytest.approx(um_per_px[0], rel=um_per_px[1])  # from the spot pitch
     assert meta["reader"] == "visium" and meta["reader_version"] == "1"
-    assert set(meta["source_files"]) == {str(VISIUM / "spatial" / "tissue_positions_list.csv"), str(H5),
-                                         str(VISIUM / "spatial" / "scalefactors_json.json")}
+    assert set(meta["source_files"]) == {str(folder / "spatial" / "tissue_positions_list.csv"), str(h5),
+                                         str(folder / "spatial" / "scalefactors_json.json")}
     assert meta["positions_format"].startswith("spaceranger-1")
-    assert meta["n_spots_in_tissue"] == 4235 == int(visium_positions["in_tissue"].sum())
+    assert meta["n_spots_in_tissue"] == n_in_tissue == int(positions["in_tissue"].sum())
     assert meta["n_zero_count_spots"] == 0
     # true 10x column order: x = pxl_col_in_fullres (6th), y = pxl_row_in_fullres (5th)
-    pos = visium_positions.set_index("barcode").loc[a.obs_names]
+    pos = positions.set_index("barcode").loc[a.obs_names]
+    assert (pos["in_tissue"] == 1).all()
     np.testing.assert_array_equal(a.obsm["spatial"][:, 0], pos["pxl_col_in_fullres"])
     np.testing.assert_array_equal(a.obsm["spatial"][:, 1], pos["pxl_row_in_fullres"])
     np.testing.assert_array_equal(a.obs["array_row"], pos["array_row"])
     np.testing.assert_array_equal(a.obs["array_col"], pos["array_col"])
-    assert (a.obs["slide"] == VISIUM.name).all() and (a.obs["patient"] == VISIUM.name).all()
-    # hires coordinates fall inside the 2000 px hires image
+    assert (a.obs["slide"] == folder.name).all() and (a.obs["patient"] == folder.name).all()
+    # hires coordinates fall inside the hires image
+    assert Image.open(folder / "spatial" / "tissue_hires_image.png").size == hires_size
     hires_xy = a.obsm["spatial"] * meta["image_scale"]
-    assert (hires_xy > 0).all() and (hires_xy < 2000).all()
+    assert (hires_xy > 0).all() and (hires_xy < hires_size).all()
 
 
 def test_visium_2x_header_layout_matches_1x(tmp_path, visium_positions, visium_counts, visium_real):
@@ -339,36 +371,41 @@ def test_visium_geo_single_section_finds_fullres_and_skips_spaceranger_pngs(tmp_
     a = VisiumReader().read_slide(tmp_path, "S1")
     assert a.uns["stbench"]["image_path"] == str(d / "GSM7697868_GEX_C73_A1_Merged.tif")
     assert a.uns["stbench"]["image_scale"] == 1.0
-    assert a.uns["stbench"]["pixel_size_um"] == pytest.approx(100 / 13.8, rel=0.02)  # coordinates scaled by 0.1
+    # coordinates scaled by 0.1 (and rounded): the pitch is 10x smaller, the pixel 10x larger
+    assert a.uns["stbench"]["pixel_size_um"] == pytest.approx(100 / median_pitch(visium_positions, 0.1), rel=1e-6)
+    assert a.uns["stbench"]["pixel_size_um"] == pytest.approx(10 * 0.682, rel=0.05)
     assert not [w for w in recwarn if "downsampled" in str(w.message)]
 
 
 def test_visium_drops_spots_not_in_tissue(tmp_path, visium_positions, visium_counts):
+    n, n_in_tissue = visium_counts.n_obs, int(visium_positions["in_tissue"].sum())
+    assert (n, n_in_tissue) == (39, 39)
     pos = visium_positions.copy()
     off = list(visium_counts.obs_names[:3])
     pos.loc[pos["barcode"].isin(off), "in_tissue"] = 0
     make_visium(tmp_path, pos, visium_counts)
     with pytest.warns(UserWarning, match="downsampled"):
         a = VisiumReader().read_slide(tmp_path, "S1")
-    assert a.n_obs == 97 and not set(off) & set(a.obs_names)
-    assert a.uns["stbench"]["n_spots_in_tissue"] == 4235 - 3
+    assert a.n_obs == n - 3 and not set(off) & set(a.obs_names)
+    assert a.uns["stbench"]["n_spots_in_tissue"] == n_in_tissue - 3
 
 
 def test_visium_counts_barcodes_missing_from_positions(tmp_path, visium_positions, visium_counts, caplog):
-    gone = set(visium_counts.obs_names[:5])
+    assert visium_counts.n_obs == 39
+    gone = set(visium_counts.obs_names[:3])  # 36 of 39 (92%) keep a position: above the 90% minimum
     make_visium(tmp_path, visium_positions[~visium_positions["barcode"].isin(gone)], visium_counts)
     with caplog.at_level(logging.WARNING, logger="stbench"), pytest.warns(UserWarning, match="downsampled"):
         a = VisiumReader().read_slide(tmp_path, "S1")
-    assert a.n_obs == 95 and not gone & set(a.obs_names)
-    assert any("5 of 100 spots" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert a.n_obs == 36 and not gone & set(a.obs_names)
+    assert any("3 of 39 spots" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
-    gone = set(visium_counts.obs_names[:20])
+    gone = set(visium_counts.obs_names[:8])
     make_visium(tmp_path, visium_positions[~visium_positions["barcode"].isin(gone)], visium_counts)
-    with pytest.raises(DataError, match=r"only 80 of 100 spots \(80%\).*minimum 90%") as err:
+    with pytest.raises(DataError, match=r"only 31 of 39 spots \(79%\).*minimum 90%") as err:
         VisiumReader().read_slide(tmp_path, "S1")
     assert "tissue_positions_list.csv" in _one_line(err)
     with pytest.warns(UserWarning, match="downsampled"):
-        assert VisiumReader().read_slide(tmp_path, "S1", params={"min_match_rate": 0.75}).n_obs == 80
+        assert VisiumReader().read_slide(tmp_path, "S1", params={"min_match_rate": 0.75}).n_obs == 31
 
 
 def test_visium_missing_files_name_the_file_and_layout(tmp_path, visium_positions, visium_counts):
@@ -420,7 +457,7 @@ def test_visium_image_selection_bounds_and_params(tmp_path, visium_positions, vi
     with pytest.raises(DataError, match=r"spot centres lie outside the image .*small\.png \(100 x 100 px") as err:
         VisiumReader().read_slide(tmp_path, "S1", params={"image": "small.png"})
     _one_line(err)
-    assert VisiumReader().read_slide(tmp_path, "S1", params={"image": "small.png", "check_bounds": False}).n_obs == 100
+    assert VisiumReader().read_slide(tmp_path, "S1", params={"image": "small.png", "check_bounds": False}).n_obs == 39
     with pytest.raises(DataError, match=r"unknown reader param 'pixel_size'; did you mean 'pixel_size_um'"):
         VisiumReader().read_slide(tmp_path, "S1", params={"pixel_size": 0.5})
     with pytest.raises(DataError, match="layout must be one of"):
@@ -450,51 +487,93 @@ def test_visium_bad_positions_columns(tmp_path, visium_positions, visium_counts)
 # ==================================================================================== legacy ST (her2st)
 
 
-@pytest.fixture(scope="module")
-def her2st_slides() -> dict[str, anndata.AnnData]:
-    return {s: STLegacyReader().read_slide(HER2ST, s) for s in HER2ST_SPOTS}
+# (folder, spots per section, pixel-size range, image width range, image height range). The full sections'
+# pixel size comes from ~150 neighbour pairs; the fixture's from the 25 pairs of its 6 x 5 window.
+HER2ST_CASES = [
+    pytest.param((HER2ST_MINI, MINI_SPOTS, (0.66, 0.72), (1700, 1800), (1450, 1500)), id="mini"),
+    pytest.param((HER2ST, HER2ST_SPOTS, (0.67, 0.71), (9000, 9500), (9500, 10000)), id="full",
+                 marks=pytest.mark.full_data),
+]
 
 
-def test_her2st_c2_to_c6_spot_counts_pixel_size_and_geometry(her2st_slides):
-    for s, a in her2st_slides.items():
-        assert a.n_obs == HER2ST_SPOTS[s], s
-        with gzip.open(HER2ST / "ST-cnts" / f"{s}.tsv.gz", "rt") as fh:
+@pytest.fixture(scope="module", params=HER2ST_CASES)
+def her2st_case(request):
+    root, spots, px, width, height = request.param
+    return root, {s: STLegacyReader().read_slide(root, s) for s in spots}, spots, px, width, height
+
+
+def test_her2st_c2_to_c6_spot_counts_pixel_size_and_geometry(her2st_case):
+    root, slides, spots, px_range, width, height = her2st_case
+    for s, a in slides.items():
+        assert a.n_obs == spots[s], s
+        with gzip.open(root / "ST-cnts" / f"{s}.tsv.gz", "rt") as fh:
             n_genes = len(fh.readline().rstrip("\n").split("\t")) - 1
         assert a.n_vars == n_genes
         meta = a.uns["stbench"]
-        assert 0.67 < meta["pixel_size_um"] < 0.71, (s, meta["pixel_size_um"])
+        assert px_range[0] < meta["pixel_size_um"] < px_range[1], (s, meta["pixel_size_um"])
         assert meta["image_scale"] == 1.0 and meta["reader"] == "st-legacy" and meta["n_zero_count_spots"] == 0
         img = Path(meta["image_path"])
-        assert img.parent == HER2ST / "ST-imgs" / "C" / s and img.suffix == ".jpg"
+        assert img.parent == root / "ST-imgs" / "C" / s and img.suffix == ".jpg"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 92 Mpx JPEG, header only
             w, h = Image.open(img).size
-        assert 9000 < w < 9500 and 9500 < h < 10000
+        assert width[0] < w < width[1] and height[0] < h < height[1]
         xy = a.obsm["spatial"]
         assert (xy > 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] < h).all()
         assert list(a.obs_names) == [f"{x}x{y}" for x, y in zip(a.obs["array_col"], a.obs["array_row"])]
         assert (a.obs["patient"] == "C").all() and (a.obs["slide"] == s).all()
         assert isinstance(a.X, sp.csr_matrix) and a.X.dtype == np.float32
-        assert meta["source_files"] == [str(HER2ST / "ST-cnts" / f"{s}.tsv.gz"),
-                                        str(HER2ST / "ST-spotfiles" / f"{s}_selection.tsv")]
+        assert meta["source_files"] == [str(root / "ST-cnts" / f"{s}.tsv.gz"),
+                                        str(root / "ST-spotfiles" / f"{s}_selection.tsv")]
 
 
-def test_her2st_values_match_the_files(her2st_slides):
-    a = her2st_slides["C2"]
-    cnt = pd.read_csv(HER2ST / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0)
+def test_her2st_values_match_the_files(her2st_case):
+    root, slides = her2st_case[:2]
+    a = slides["C2"]
+    cnt = pd.read_csv(root / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0)
     np.testing.assert_array_equal(a.X.sum(axis=1).A1, cnt.loc[a.obs_names].sum(axis=1).to_numpy())
     col = list(a.var_names).index("ERBB2")
     np.testing.assert_array_equal(a.X[:, col].toarray().ravel(), cnt.loc[a.obs_names, "ERBB2"].to_numpy())
-    spots = pd.read_csv(HER2ST / "ST-spotfiles" / "C2_selection.tsv", sep="\t")
+    spots = pd.read_csv(root / "ST-spotfiles" / "C2_selection.tsv", sep="\t")
     spots.index = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"])]
     np.testing.assert_array_equal(a.obsm["spatial"], spots.loc[a.obs_names, ["pixel_x", "pixel_y"]].to_numpy())
 
 
+@pytest.mark.full_data
+def test_her2st_mini_is_an_exact_cut_of_the_full_sections():
+    """Each fixture section: the full section's count rows and spot rows (pixels shifted by the crop origin),
+    and the crop's pixels within JPEG re-encoding noise of the full scan's."""
+    for s in MINI_SPOTS:
+        mini = pd.read_csv(HER2ST_MINI / "ST-cnts" / f"{s}.tsv.gz", sep="\t", index_col=0)
+        full = pd.read_csv(HER2ST / "ST-cnts" / f"{s}.tsv.gz", sep="\t", index_col=0)
+        assert set(mini.columns) <= set(full.columns) and len(mini.columns) > 0.9 * len(full.columns)
+        pd.testing.assert_frame_equal(mini, full.loc[mini.index, mini.columns])
+        spots_m = pd.read_csv(HER2ST_MINI / "ST-spotfiles" / f"{s}_selection.tsv", sep="\t")
+        spots_f = pd.read_csv(HER2ST / "ST-spotfiles" / f"{s}_selection.tsv", sep="\t")
+        joined = spots_m.merge(spots_f, on=["x", "y"], suffixes=("", "_full"))
+        assert len(joined) == len(spots_m) == len(mini)
+        shift = (joined["pixel_x_full"] - joined["pixel_x"]).round(6), (joined["pixel_y_full"] - joined["pixel_y"]).round(6)
+        assert shift[0].nunique() == 1 and shift[1].nunique() == 1
+        ox, oy = int(shift[0].iloc[0]), int(shift[1].iloc[0])
+        assert ox % 16 == 0 and oy % 16 == 0  # on the JPEG block grid
+        (img_m,) = (HER2ST_MINI / "ST-imgs" / "C" / s).glob("*.jpg")
+        (img_f,) = (HER2ST / "ST-imgs" / "C" / s).glob("*.jpg")
+        assert img_m.name == img_f.name
+        crop = np.asarray(Image.open(img_m).convert("RGB"), dtype=np.int16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            ref = Image.open(img_f).convert("RGB").crop((ox, oy, ox + crop.shape[1], oy + crop.shape[0]))
+        diff = np.abs(crop - np.asarray(ref, dtype=np.int16))
+        assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 8, (s, diff.mean())
+
+
 @pytest.fixture(scope="module")
 def c2_subset() -> tuple[pd.DataFrame, pd.DataFrame]:
-    cnt = pd.read_csv(HER2ST / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0)
-    spots = pd.read_csv(HER2ST / "ST-spotfiles" / "C2_selection.tsv", sep="\t")
-    return cnt.iloc[:40, :300], spots
+    """The fixture's C2: its 30 count rows (first 300 genes) and its spot file."""
+    cnt = pd.read_csv(HER2ST_MINI / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0)
+    spots = pd.read_csv(HER2ST_MINI / "ST-spotfiles" / "C2_selection.tsv", sep="\t")
+    assert len(cnt) == len(spots) == 30
+    return cnt.iloc[:30, :300], spots
 
 
 def make_her2st(root: Path, cnt: pd.DataFrame, spots: pd.DataFrame, *, slide: str = "C2", patient_dir: str = "C",
@@ -506,7 +585,7 @@ def make_her2st(root: Path, cnt: pd.DataFrame, spots: pd.DataFrame, *, slide: st
                  index=False)
     img = root / "ST-imgs" / patient_dir / slide / "5714_HE_BT_C2.jpg"
     if not img.exists():
-        img.symlink_to(HER2ST / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg")
+        img.symlink_to(HER2ST_MINI / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg")
     return root
 
 
@@ -517,13 +596,13 @@ def test_her2st_count_row_missing_from_spot_file(tmp_path, c2_subset, caplog):
     make_her2st(tmp_path, cnt, spots[~((spots["x"] == x) & (spots["y"] == y))])
     with caplog.at_level(logging.WARNING, logger="stbench"):
         a = STLegacyReader().read_slide(tmp_path, "C2")
-    assert a.n_obs == 39 and gone not in a.obs_names and a.n_vars == 300
+    assert a.n_obs == 29 and gone not in a.obs_names and a.n_vars == 300
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("1 of 40 spots" in m and gone in m for m in msgs), msgs
+    assert any("1 of 30 spots" in m and gone in m for m in msgs), msgs
     # most rows unmatched: below the match rate
     keep = {tuple(map(int, k.split("x"))) for k in cnt.index[:10]}
     make_her2st(tmp_path, cnt, spots[[(x, y) in keep for x, y in zip(spots["x"], spots["y"])]])
-    with pytest.raises(DataError, match=r"only 10 of 40 spots .*C2_selection\.tsv") as err:
+    with pytest.raises(DataError, match=r"only 10 of 30 spots .*C2_selection\.tsv") as err:
         STLegacyReader().read_slide(tmp_path, "C2")
     _one_line(err)
 
@@ -536,7 +615,7 @@ def test_her2st_plain_tsv_gz_spotfile_selected_and_patient_folder(tmp_path, c2_s
     spots.loc[(spots["x"] == x) & (spots["y"] == y), "selected"] = 0
     make_her2st(tmp_path, cnt, spots, patient_dir="patC", gz_spots=True)
     a = STLegacyReader().read_slide(tmp_path, "C2", patient="patC", params={"pixel_size_um": 0.7})
-    assert a.n_obs == 39 and first not in a.obs_names
+    assert a.n_obs == 29 and first not in a.obs_names
     assert (a.obs["patient"] == "patC").all() and a.uns["stbench"]["pixel_size_um"] == 0.7
     assert a.uns["stbench"]["source_files"][0].endswith("ST-cnts/C2.tsv")
     assert a.uns["stbench"]["source_files"][1].endswith("C2_selection.tsv.gz")
@@ -552,14 +631,14 @@ def test_her2st_duplicate_symbols_and_zero_count_spots(tmp_path, c2_subset):
     with pytest.warns(UserWarning, match="duplicated gene symbol"):
         a = STLegacyReader().read_slide(tmp_path, "C2")
     assert list(a.var_names[:3]) == [cols[0], f"{cols[0]}-1", f"{cols[0]}-2"]
-    assert a.uns["stbench"]["n_zero_count_spots"] == 1 and a.n_obs == 40
+    assert a.uns["stbench"]["n_zero_count_spots"] == 1 and a.n_obs == 30
     assert a.X[list(a.obs_names).index(cnt.index[5])].sum() == 0
 
 
 def test_her2st_missing_and_corrupt_files(tmp_path, c2_subset):
     with pytest.raises(DataError, match=r"count file .*ST-cnts/C9\.tsv\.gz \(or C9\.tsv\) does not exist.*ST-spotfiles"
                        ) as err:
-        STLegacyReader().read_slide(HER2ST, "C9")
+        STLegacyReader().read_slide(HER2ST_MINI, "C9")
     _one_line(err)
     cnt, spots = c2_subset
     make_her2st(tmp_path, cnt, spots)
@@ -568,7 +647,7 @@ def test_her2st_missing_and_corrupt_files(tmp_path, c2_subset):
     with pytest.raises(DataError, match=r"cannot read count file .*C2\.tsv\.gz .*re-download") as err:
         STLegacyReader().read_slide(tmp_path, "C2")
     _one_line(err)
-    raw = (HER2ST / "ST-cnts" / "C2.tsv.gz").read_bytes()
+    raw = (HER2ST_MINI / "ST-cnts" / "C2.tsv.gz").read_bytes()
     (tmp_path / "ST-cnts" / "C2.tsv.gz").write_bytes(raw[: len(raw) // 2])  # truncated download
     with pytest.raises(DataError, match=r"cannot read count file .*C2\.tsv\.gz") as err:
         STLegacyReader().read_slide(tmp_path, "C2")
