@@ -35,8 +35,9 @@ versions, a catalogue whose sha256 values match the files it wrote). It writes, 
     ``fiducial_diameter_fullres`` 105 um in the section's pixels (Space Ranger's convention). Barcodes are
     Visium-style (16 nt + ``-1``, seeded); gene names are the her2st symbols, gene ids placeholders
     (``HER2ST`` + the column index in the upstream count file: her2st publishes symbols only); the
-    genes are the ``VISIUM_GENES`` most counted in the slide, in upstream order. 1.x: ``filtered_feature_bc_matrix.h5``
-    (10x HDF5 schema, CSC features x barcodes) and a headerless ``spatial/tissue_positions_list.csv``;
+    genes are the ``VISIUM_GENES`` most counted in the slide, in upstream order.
+    1.x: ``filtered_feature_bc_matrix.h5`` (10x HDF5 schema, CSC features x barcodes) and a headerless
+    ``spatial/tissue_positions_list.csv``;
     2.x: ``filtered_feature_bc_matrix/{barcodes.tsv.gz, features.tsv.gz, matrix.mtx.gz}`` and
     ``spatial/tissue_positions.csv`` with a header.
 
