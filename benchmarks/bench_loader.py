@@ -84,11 +84,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="stbench-bench-loader-"))
     os.environ.update(STBENCH_DATA=str(work / "data"), STBENCH_CACHE=str(work / "cache"), STBENCH_MIRROR=str(MIRROR))
-    from stbench.loader import PatchDataset, make_loader
+    from stbench.data.loader import PatchDataset, make_loader
     from stbench.plugins import get_plugin_manager
 
     ds = get_plugin_manager(env={}).datasets.get("her2st_C_HVG")
-    from stbench.fetch import fetch_dataset
+    from stbench.data.fetch import fetch_dataset
 
     fetch_dataset(ds.entry)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import pandas as pd
 import scipy
 import scipy.stats as st
 
-from stbench.metrics import pearson, rmse, ssim
+from stbench.eval.metrics import pearson, rmse, ssim
 
 TOL = 1e-9
 

@@ -1,11 +1,11 @@
-"""Patch cache benchmark: windowed band reads (stbench.patch_cache.build_patches) vs whole image.
+"""Patch cache benchmark: windowed band reads (stbench.data.patches.build_patches) vs whole image.
 
 Generates a tiled (512 x 512, JPEG) RGB TIFF of --size x --size pixels tile by tile (the generator
 never holds more than one tile), draws --spots random spot centres, then, each in its own
 subprocess so that the peak resident set size (RSS) is per approach:
 
   baseline   imports + opening the image only (the fixed cost of the interpreter and libraries)
-  windowed   stbench.patch_cache.build_patches: spots sorted by row, one band window at a time
+  windowed   stbench.data.patches.build_patches: spots sorted by row, one band window at a time
   whole      tifffile.imread of the whole image, numpy crops (white padding), the same HDF5 layout
 
 Peak RSS is taken from the child's own ``getrusage(RUSAGE_SELF).ru_maxrss`` and, when available,
@@ -70,8 +70,8 @@ def worker_baseline(tiff: str) -> dict:
     import h5py  # noqa: F401
     import tifffile  # noqa: F401
 
-    from stbench.image_reader import open_image
-    from stbench.patch_cache import build_patches  # noqa: F401
+    from stbench.data.images import open_image
+    from stbench.data.patches import build_patches  # noqa: F401
 
     t0 = time.perf_counter()
     with open_image(tiff) as src:
@@ -80,7 +80,7 @@ def worker_baseline(tiff: str) -> dict:
 
 
 def worker_windowed(tiff: str, spots: str, out: str, patch: int) -> dict:
-    from stbench.patch_cache import PatchSpec, build_patches
+    from stbench.data.patches import PatchSpec, build_patches
 
     s = np.load(spots)
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def main() -> None:
     os.environ.setdefault("STBENCH_MIRROR", str(MIRROR))
     import torch
 
-    from stbench.fetch import fetch_dataset
+    from stbench.data.fetch import fetch_dataset
     from stbench.options import build_options
     from stbench.plugins import get_plugin_manager
 

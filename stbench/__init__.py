@@ -15,7 +15,7 @@ from .hookspecs import hookimpl
 from .metric import Metric
 from .model import Model, ModelCard
 from .options import option
-from .readers.base import Reader
+from .data.readers.base import Reader
 from .slide import SlidePatches
 
 try:

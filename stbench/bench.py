@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from .errors import OptionError, ResultsError, StbenchError
 from .options import parse_pairs
 from .plugins import Plugins
-from .results import load_result, result_path
+from .report.results import load_result, result_path
 from .runner import RunRequest, plan, run, stale_reason
 
 log = logging.getLogger(__name__)

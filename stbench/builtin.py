@@ -6,7 +6,7 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_metrics(register):
-    from .metrics import BUILTIN_METRICS
+    from .eval.metrics import BUILTIN_METRICS
 
     for metric in BUILTIN_METRICS:
         register(metric)
@@ -14,10 +14,10 @@ def register_metrics(register):
 
 @hookimpl
 def register_readers(register):
-    from .readers.anndata_reader import AnnDataReader
-    from .readers.st_legacy import STLegacyReader
-    from .readers.visium import VisiumReader
-    from .synthetic import SyntheticReader
+    from .data.readers.anndata_reader import AnnDataReader
+    from .data.readers.st_legacy import STLegacyReader
+    from .data.readers.visium import VisiumReader
+    from .data.synthetic import SyntheticReader
 
     for reader in (SyntheticReader(), VisiumReader(), STLegacyReader(), AnnDataReader()):
         register(reader)

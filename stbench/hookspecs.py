@@ -32,7 +32,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_readers(register: Callable[[Any], None]) -> None:
-    """Register data readers (``stbench.readers.Reader`` instances), named by ``reader.name``."""
+    """Register data readers (``stbench.data.readers.Reader`` instances), named by ``reader.name``."""
 
 
 @hookspec

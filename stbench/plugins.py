@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pluggy
 
 from . import hookspecs
-from .catalog import catalog_paths, load_catalog
+from .data.catalog import catalog_paths, load_catalog
 from .errors import PluginError
 from .registry import Registry
 
@@ -87,7 +87,7 @@ class Plugins:
 
     @cached_property
     def readers(self) -> Registry:
-        from .readers.base import Reader
+        from .data.readers.base import Reader
 
         def check(r: Any) -> None:
             if not isinstance(r, Reader):

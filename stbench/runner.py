@@ -12,11 +12,11 @@ import numpy as np
 
 from .dataset import check_protocol
 from .errors import DataError, StbenchError
-from .evaluation import score_slide, summarise
+from .eval.scoring import score_slide, summarise
 from .options import build_options, changed_options, check_seed, options_dict, profile_changes
 from .plugins import Plugins
-from .predictions import SlidePredictions, predictions_path, write_predictions
-from .results import RunResult, config_hash, environment, result_path
+from .report.predictions import SlidePredictions, predictions_path, write_predictions
+from .report.results import RunResult, config_hash, environment, result_path
 
 Progress = Callable[..., None]
 
@@ -168,7 +168,7 @@ def slide_predictions(dataset: Any, model: Any, fold: str, query: Any, prepared:
                       pred: np.ndarray, seed: int) -> SlidePredictions:
     """What the predictions file keeps of one query slide: truth, prediction, a thumbnail of the
     tissue and, for models that embed images, query and (up to 2,000 sampled) reference embeddings."""
-    from .thumbnail import patch_mosaic, spot_spacing, tissue_thumbnail
+    from .report.thumbnail import patch_mosaic, spot_spacing, tissue_thumbnail
 
     image = dataset.image_of(query.slide_id)
     thumb, scale = tissue_thumbnail(*image) if image is not None else patch_mosaic(query.coords, query.images)

@@ -1,5 +1,6 @@
-"""Helpers for plugin authors: tiny data, ``check_model`` (the conformance test) and ``check_learns``
-(the model learns an image-driven signal and beats random reference spots).
+"""Helpers for plugin authors: tiny data and conformance tests: ``check_model`` (the Model contract),
+``check_learns`` (the model learns an image-driven signal and beats random reference spots),
+``check_reader`` (a reader on real files) and ``check_dataset`` (folds and prepared folds).
 
     from stbench.testing import check_learns, check_model
     def test_my_model():
@@ -20,7 +21,7 @@ import numpy as np
 from .dataset import PreparedFold
 from .model import Model, ModelCard
 from .options import build_options
-from .synthetic import SyntheticDataset
+from .data.synthetic import SyntheticDataset
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -72,8 +73,8 @@ def random_k_predictions(train: Sequence[Any], n_query: int, k: int = 20, seed: 
 def check_learns(model_cls: type, options: Sequence[str] = (), *, margin: float = 0.15, patch_px: int = 32,
                  seed: int = 0) -> tuple[float, float]:
     """Fit on :func:`learning_fold` and assert that the mean per-gene Pearson on the query slide beats
-    random reference spots (k = 20) by ``margin``; returns (model's, random-k's)."""
-    from .metrics import pearson
+    random reference spots (k = 20) by ``margin``; returns (the model's, the random spots')."""
+    from .eval.metrics import pearson
 
     fold = learning_fold(patch_px)
     opts, _ = build_options(model_cls, list(options))
@@ -136,3 +137,80 @@ def check_model(model_cls: type, options: Sequence[str] = (), *, seed: int = 0, 
             assert np.allclose(reloaded, pred, rtol=rtol, atol=atol), f"model '{name}': save/load changed the predictions"
     if learns:
         check_learns(model_cls, options, seed=seed)
+
+
+def check_reader(reader: Any, folder: str | Path, slide: str, *, params: dict[str, Any] | None = None,
+                 patient: str | None = None) -> Any:
+    """Conformance test of a slide reader on real files: the AnnData contract (raw counts, unique names,
+    coordinates, grid, ``uns['stbench']``), spots inside an image that exists, the same result when read
+    twice, and a one-line error naming the slide for a slide that is not there. Returns the AnnData."""
+    from .data.readers.base import SlideReader
+    from .data.readers.checks import check_slide_adata
+    from .errors import StbenchError
+
+    name = getattr(reader, "name", None)
+    assert isinstance(name, str) and NAME_RE.match(name), f"reader name {name!r} must be lowercase [a-z0-9._-]"
+    assert isinstance(reader, SlideReader), f"reader '{name}' is not a stbench SlideReader"
+    assert isinstance(getattr(reader, "version", None), str), f"reader '{name}' needs a version string"
+    adata = reader.read_slide(Path(folder), slide, patient=patient, params=dict(params or {}))
+    check_slide_adata(adata, f"reader '{name}' slide '{slide}'")
+    meta = adata.uns["stbench"]
+    image = Path(meta["image_path"])
+    assert image.is_file(), f"reader '{name}': image {image} does not exist"
+    from .data.images import open_image
+
+    with open_image(image) as src:
+        h, w = src.shape
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64) * float(meta["image_scale"])
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+    assert inside.mean() > 0.5, f"reader '{name}': most spot centres lie outside {image} ({w} x {h} px)"
+    assert (meta["reader"], meta["reader_version"]) == (name, reader.version), (
+        f"reader '{name}': uns['stbench'] must name the reader and its version")
+    again = reader.read_slide(Path(folder), slide, patient=patient, params=dict(params or {}))
+    assert list(again.obs_names) == list(adata.obs_names) and list(again.var_names) == list(adata.var_names)
+    assert (abs(again.X - adata.X)).sum() == 0, f"reader '{name}' is not deterministic"
+    try:
+        reader.read_slide(Path(folder), "no-such-slide-0", patient=patient, params=dict(params or {}))
+    except StbenchError as e:
+        assert "\n" not in str(e) and "no-such-slide-0" in str(e), f"reader '{name}': error for a missing slide: {e}"
+    else:
+        raise AssertionError(f"reader '{name}' read a slide that does not exist")
+    return adata
+
+
+def check_dataset(dataset: Any, *, protocol: str = "strict", folds: str = "default", max_folds: int = 1) -> None:
+    """Conformance test of a Dataset: a name and slides, folds whose query slides are held out of the
+    reference, and prepared folds in which query slides carry no expression while the truth (kept for
+    the runner) matches their spots and genes. Prepares at most ``max_folds`` folds."""
+    import json
+
+    from .dataset import Dataset, PreparedFold
+
+    assert isinstance(dataset, Dataset), f"{dataset!r} is not a stbench Dataset"
+    name = getattr(dataset, "name", None)
+    assert isinstance(name, str) and name, "a dataset needs a name"
+    assert len(dataset.slides) >= 2 and len(set(dataset.slides)) == len(dataset.slides), (
+        f"dataset '{name}' needs at least two distinct slides")
+    assert set(dataset.query_slides) <= set(dataset.slides), f"dataset '{name}': query slides not in slides"
+    fold_list = dataset.folds(folds)
+    assert fold_list, f"dataset '{name}' gives no folds for '{folds}'"
+    for fold in fold_list:
+        assert fold.query and not set(fold.query) & set(fold.reference), f"fold {fold.name}: query in reference"
+        assert set(fold.query) | set(fold.reference) <= set(dataset.slides), f"fold {fold.name}: unknown slides"
+    for fold in fold_list[:max_folds]:
+        prepared = dataset.prepare(fold, protocol)
+        assert isinstance(prepared, PreparedFold), f"dataset '{name}': prepare must return a PreparedFold"
+        genes = tuple(prepared.genes)
+        assert genes and len(set(genes)) == len(genes), f"dataset '{name}': genes must be distinct and non-empty"
+        assert [s.slide_id for s in prepared.train] == list(fold.reference)
+        assert [s.slide_id for s in prepared.queries] == list(fold.query)
+        for s in prepared.train:
+            assert s.expression is not None and s.expression.shape == (len(s), len(genes)), (
+                f"dataset '{name}': reference slide '{s.slide_id}' needs expression over the fold's genes")
+            assert np.isfinite(s.expression).all(), f"dataset '{name}': non-finite expression in '{s.slide_id}'"
+        for q in prepared.queries:
+            assert q.expression is None, f"dataset '{name}' hands query slide '{q.slide_id}' with its expression"
+            truth = np.asarray(prepared.truth[q.slide_id])
+            assert truth.shape == (len(q), len(genes)), f"dataset '{name}': truth of '{q.slide_id}' has shape {truth.shape}"
+            assert q.images.shape[0] == len(q) and q.images.shape[3] == 3
+        json.dumps(dict(prepared.info), default=str)

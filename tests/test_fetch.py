@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from stbench.catalog import PACKAGED, load_catalog, parse_entry
+from stbench.data.catalog import PACKAGED, load_catalog, parse_entry
 from stbench.errors import DataError, StbenchError
-from stbench.fetch import fetch_dataset, missing_sources, source_location
+from stbench.data.fetch import fetch_dataset, missing_sources, source_location
 
 from conftest import FIXTURE_CATALOG, HER2ST_MINI, SHARED_DATA
 
@@ -89,7 +89,7 @@ def test_checksum_mismatch_names_the_file_and_keeps_nothing(stbench_dirs, http_s
 
 
 def test_unreachable_host_is_one_line_with_the_fix(stbench_dirs, monkeypatch):
-    from stbench import fetch
+    from stbench.data import fetch
 
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
     e = entry(base_url="http://127.0.0.1:9/")
@@ -170,7 +170,7 @@ def flaky_server(folder, html=False):
 
 
 def test_a_cut_download_resumes_with_range_and_verifies(stbench_dirs, monkeypatch):
-    from stbench import fetch
+    from stbench.data import fetch
 
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
     server, url = flaky_server(HER2ST_MINI)
@@ -226,7 +226,7 @@ def gz_upstream(tmp_path):
 
 def test_gzip_source_is_decompressed_while_streaming_and_its_checksum_is_the_result(
         stbench_dirs, http_server, gz_upstream, monkeypatch):
-    from stbench import download_sink
+    from stbench.data.fetch import sink as download_sink
 
     data, _ = stbench_dirs
     folder, raw = gz_upstream
@@ -266,7 +266,7 @@ def test_a_truncated_gzip_is_one_line_naming_the_file_and_keeps_nothing(stbench_
 
 
 def test_a_cut_gzip_download_restarts_from_the_beginning(stbench_dirs, gz_upstream, monkeypatch):
-    from stbench import fetch
+    from stbench.data import fetch
 
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
     folder, raw = gz_upstream
@@ -325,7 +325,7 @@ def test_disk_full_is_one_line_naming_the_folder_and_leaves_nothing(stbench_dirs
                                                                      monkeypatch):
     import errno
 
-    from stbench import download_sink
+    from stbench.data.fetch import sink as download_sink
 
     data, _ = stbench_dirs
     folder, _ = gz_upstream
@@ -363,7 +363,7 @@ def closed_port() -> int:
 
 
 def test_no_network_via_the_cli_names_the_url_and_suggests_a_mirror(cli, stbench_dirs, monkeypatch, tmp_path):
-    from stbench import fetch
+    from stbench.data import fetch
 
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
     port = closed_port()

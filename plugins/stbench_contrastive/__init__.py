@@ -15,7 +15,7 @@ Code used by more than one model lives in one place, chosen by what it names:
   loop with its history, divergence checks and checkpoints (``trainer``: mini-batches of patches or
   any fixed list of steps visited in a seeded order), and chunked top-K retrieval with its
   aggregations (``retrieval``). The flips and quarter turns of the dihedral group are
-  ``stbench.loader.augment``.
+  ``stbench.data.loader.augment``.
 * A library package under ``plugins/`` (this one) holds what a family of models shares and a core
   module should not name: here, the contrastive engine of HECLIP, BLEEP and CLIP.
 * Each model plugin keeps only what is its own: its card, its defaults (``Options`` subclasses state

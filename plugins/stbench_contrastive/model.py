@@ -135,7 +135,7 @@ class ContrastiveModel(Model):
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
         import torch
 
-        from stbench.loader import PatchDataset
+        from stbench.data.loader import PatchDataset
         from stbench.nn.trainer import fit, reference_split, seed_everything
 
         self.genes = list(genes)
@@ -160,7 +160,7 @@ class ContrastiveModel(Model):
     def embed_images(self, slide: SlidePatches, salt: int = 0) -> np.ndarray:
         import torch
 
-        from stbench.loader import PatchDataset, make_loader
+        from stbench.data.loader import PatchDataset, make_loader
         from stbench.nn.inputs import to_model_input
         from stbench.nn.trainer import autocast
 

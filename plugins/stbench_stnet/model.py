@@ -89,8 +89,8 @@ DIHEDRAL = tuple((bool(c & 1), bool(c & 2), c >> 2) for c in (0, 4, 2, 5, 1, 6, 
 
 def dihedral_views(x: Any) -> list[Any]:
     """The 8 flips and rotations of (..., H, W) tensors: the dihedral group of the square (ST-Net's
-    EightSymmetry), each made by the loader's :func:`~stbench.loader.augment`."""
-    from stbench.loader import augment
+    EightSymmetry), each made by the loader's :func:`~stbench.data.loader.augment`."""
+    from stbench.data.loader import augment
 
     return [augment(x, h, v, k) for h, v, k in DIHEDRAL]
 
@@ -160,7 +160,7 @@ class STNet(Model):
         patches, without augmentation (upstream: the first 12 shuffled batches of 32, ToTensor only)."""
         import torch
 
-        from stbench.loader import PatchDataset, make_loader
+        from stbench.data.loader import PatchDataset, make_loader
         from stbench.nn.inputs import IMAGENET_MEAN, IMAGENET_STD, centre_crop, channel_stats, resize
 
         opts = self.opts
@@ -204,7 +204,7 @@ class STNet(Model):
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
         import torch
 
-        from stbench.loader import PatchDataset
+        from stbench.data.loader import PatchDataset
         from stbench.nn.trainer import fit, reference_split, seed_everything
 
         self.genes, self.opts = list(genes), self.options
@@ -249,7 +249,7 @@ class STNet(Model):
     def predict(self, slide: SlidePatches) -> np.ndarray:
         import torch
 
-        from stbench.loader import PatchDataset, make_loader
+        from stbench.data.loader import PatchDataset, make_loader
         from stbench.nn.trainer import autocast
 
         out = []

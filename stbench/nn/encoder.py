@@ -34,8 +34,8 @@ def download_weights(url: str) -> Path:
     import torch
 
     from ..atomic import atomic_path, write_text
-    from ..fetch import sha256_of
-    from ..locations import cache_dir
+    from ..data.fetch import sha256_of
+    from ..data.locations import cache_dir
 
     root = cache_dir("weights")
     target = root / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{Path(url.split('?')[0]).name}"

@@ -1,7 +1,7 @@
 """One training loop for every model: epochs, best-validation checkpoint, loss history.
 
 The caller supplies ``loss_of(inputs, targets) -> scalar loss``, the optimiser and the training
-steps: a :class:`~stbench.loader.PatchDataset` (shuffled mini-batches of uint8 patches, augmented per
+steps: a :class:`~stbench.data.loader.PatchDataset` (shuffled mini-batches of uint8 patches, augmented per
 epoch) or any :class:`Batches` (for example :class:`SeededOrder`: a fixed list of steps, such as one
 whole slide per step, visited in a seeded order each epoch). The loop handles devices (bf16 autocast
 on CUDA), progress, divergence checks, validation, the loss history (``history.json``) and
@@ -22,7 +22,7 @@ from torch import nn
 
 from ..atomic import atomic_path, write_text
 from ..errors import StbenchError
-from ..loader import PatchDataset, make_loader
+from ..data.loader import PatchDataset, make_loader
 
 
 def seed_everything(seed: int) -> None:
@@ -122,7 +122,7 @@ class Batches(Protocol):
 
 
 class PatchBatches:
-    """Mini-batches of a :class:`~stbench.loader.PatchDataset`, shuffled with ``seed`` (the last
+    """Mini-batches of a :class:`~stbench.data.loader.PatchDataset`, shuffled with ``seed`` (the last
     incomplete batch dropped when there is more than one), augmented anew each epoch."""
 
     def __init__(self, dataset: PatchDataset, batch_size: int, *, seed: int, workers: int = 0) -> None:

@@ -31,7 +31,7 @@ class Board:
                      and not r.changes), None)
 
     def test(self, a: Row, b: Row) -> Any:
-        from ...stats import paired_wilcoxon
+        from ...eval.stats import paired_wilcoxon
 
         pair = paired(a, b, self.rank)
         return paired_wilcoxon(*pair) if pair is not None else None

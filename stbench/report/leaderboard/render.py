@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ...errors import ResultsError
-from ...results import RunResult, find_results, load_result
+from ..results import RunResult, find_results, load_result
 from .findings import findings
 from .rows import (TOP_GENES_COLUMN, BoardContext, Row, arrow, finite, fmt, label_of, metric_meta, p_text, paired,
                    rank_metric, reference_row, rows_of)
@@ -67,7 +67,7 @@ class Board:
 
 
 def _stats_cells(board: Board, best: Row | None) -> dict[int, tuple[str, str]]:
-    from ...stats import bootstrap_median_ci, paired_wilcoxon
+    from ...eval.stats import bootstrap_median_ci, paired_wilcoxon
 
     cells = {}
     for row in board.rows:
@@ -133,7 +133,7 @@ def render_ablations(board: Board) -> str:
     """For every model that ran in more than one configuration: each variant against the one with the
     fewest changed options (the paper's Table 3 layout): the ranking metric and its top-genes summary
     first, then the other metrics' means, the median difference and the paired test."""
-    from ...stats import paired_wilcoxon
+    from ...eval.stats import paired_wilcoxon
 
     if board.rank is None:
         return ""
@@ -171,7 +171,7 @@ def render_ablations(board: Board) -> str:
 def render_paired_tests(board: Board) -> str:
     """Every per-gene metric of every row against the top row: median per-gene difference and the
     paired Wilcoxon p-value (specs/metrics.md, Statistics)."""
-    from ...stats import paired_wilcoxon
+    from ...eval.stats import paired_wilcoxon
 
     rows = board.rows
     top = next((r for r in rows if not r.baseline), None)

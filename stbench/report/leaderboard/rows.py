@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...evaluation import summarise
-from ...results import RunResult
+from ...eval.scoring import summarise
+from ..results import RunResult
 
 #: The top-genes summary a board shows beside each metric that has them.
 TOP_GENES_COLUMN = "hvg@50"
@@ -28,7 +28,7 @@ class BoardContext:
     @classmethod
     def core(cls) -> "BoardContext":
         """stbench's own metrics, no model cards."""
-        from ...metrics import BUILTIN_METRICS
+        from ...eval.metrics import BUILTIN_METRICS
 
         return cls(metrics={m.name: m.meta() for m in BUILTIN_METRICS})
 

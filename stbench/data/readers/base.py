@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..catalog import DatasetEntry
-    from ..dataset import Dataset
+    from ...dataset import Dataset
 
 
 class Reader(ABC):

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 from .base import SlideReader
 from .checks import (bool_param, check_in_image, check_params, check_slide_adata, estimate_pixel_size,
                      find_by_suffix, glob_one, image_size, match_rate_check, matches_any, one_line,

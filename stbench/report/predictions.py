@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import ResultsError
+from ..atomic import atomic_path
+from ..errors import ResultsError
 
 SCHEMA = "stbench.predictions/1"
 SUFFIX = ".predictions.h5"

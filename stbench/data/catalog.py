@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import CatalogError, did_you_mean
+from ..errors import CatalogError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -20,7 +20,7 @@ def tissue_thumbnail(image_path: str | os.PathLike, image_scale: float = 1.0,
     (TIFF) or with the JPEG decoder's reduced-size draft mode, never whole at full size."""
     from PIL import Image
 
-    from .image_reader import PILImageSource, _unlimited_pixels, open_image
+    from ..data.images import PILImageSource, _unlimited_pixels, open_image
 
     src = open_image(image_path)
     try:

@@ -1,6 +1,6 @@
 """Checks and helpers shared by the slide readers.
 
-``check_slide_adata`` enforces the AnnData contract in :mod:`stbench.readers.base`; the other helpers
+``check_slide_adata`` enforces the AnnData contract in :mod:`stbench.data.readers.base`; the other helpers
 (match rate of a counts/positions join, unique gene symbols, pixel size from spot pitch, image size
 without decoding, file discovery by suffix) keep the readers short and their errors uniform: every
 failure is a one-line :class:`~stbench.errors.DataError` that names the file or slide and the fix.
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError, did_you_mean
+from ...errors import DataError, did_you_mean
 
 log = logging.getLogger("stbench")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import StbenchError
+from ..errors import StbenchError
 
 DEFAULT_RESULTS = "results"
 
@@ -27,7 +27,7 @@ class App:
     @property
     def plugins(self):
         if self._plugins is None:
-            from .plugins import get_plugin_manager
+            from ..plugins import get_plugin_manager
 
             self._plugins = get_plugin_manager(self.plugins_dirs, self.catalogs)
             if self.report_failures:
@@ -115,7 +115,7 @@ def _console(stderr: bool = False):
 def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str, seed: int,
         options: tuple[str, ...], device: str, out: str, no_predictions: bool) -> None:
     """Fit and score MODEL on every fold of DATASET; write one results file."""
-    from .runner import RunRequest, run as run_one
+    from ..runner import RunRequest, run as run_one
     from .progress import RichProgress
 
     plugins = _app(ctx).plugins
@@ -145,8 +145,8 @@ def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str,
 def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profile: str | None, options: tuple[str, ...],
           seeds: int, folds: str, device: str, out: str, board: str | None, no_predictions: bool, keep_going: bool) -> None:
     """Run every model x dataset x protocol x seed (skipping runs already in OUT), then render the leaderboard."""
-    from .atomic import write_text
-    from .bench import grid_requests, run_grid
+    from ..atomic import write_text
+    from ..bench import grid_requests, run_grid
     from .progress import RichProgress
 
     plugins = _app(ctx).plugins
@@ -174,7 +174,7 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
 def _print_summary(console: Any, result: Any) -> None:
     from rich.table import Table
 
-    from .report.leaderboard import fmt as _fmt
+    from ..report.leaderboard import fmt as _fmt
 
     table = Table(title=f"{result.label} on {result.dataset} ({result.protocol}, {len(result.folds)} fold(s))")
     for col in ("metric", "median", "mean", "excluded genes per fold"):
@@ -244,7 +244,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def leaderboard(ctx: click.Context, results_dir: str, out: str | None, figures_dir: str | None, check: bool) -> None:
     """Render the markdown leaderboard from results files."""
-    from .atomic import write_text
+    from ..atomic import write_text
 
     if not Path(results_dir).is_dir():
         raise StbenchError(f"results folder {results_dir} does not exist; run `stbench run` or pass --results")
@@ -262,14 +262,14 @@ def leaderboard(ctx: click.Context, results_dir: str, out: str | None, figures_d
 
 
 def _render_board(ctx: click.Context, results_dir: str | Path, target: Path, figures_dir: str | None) -> str:
-    from .report.leaderboard import BoardContext, render_dir
+    from ..report.leaderboard import BoardContext, render_dir
 
     context = BoardContext.from_plugins(_app(ctx).plugins)
     return render_dir(results_dir, figures_dir or target.parent / "figures", relative_to=target.parent, context=context)
 
 
 def _results_files(paths: tuple[str, ...]) -> list[Path]:
-    from .results import find_results
+    from ..report.results import find_results
 
     files: list[Path] = []
     for p in map(Path, paths):
@@ -290,7 +290,7 @@ def _results_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--format", "formats", default="csv,h5ad", show_default=True, help="Comma list of csv, csv.gz, parquet, h5ad.")
 def export(results: tuple[str, ...], out: str, formats: str) -> None:
     """Export runs for other tools: the HEtoSGEBench long table, per-gene metrics and AnnData (.h5ad)."""
-    from .export import export_run
+    from ..report.export import export_run
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     for path in _results_files(results):
@@ -309,7 +309,7 @@ def export(results: tuple[str, ...], out: str, formats: str) -> None:
 def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, protocol: str | None,
          seed: int | None) -> None:
     """Figures for results files or folders: box plots, loss curves, UMAPs and spatial maps (PNG)."""
-    from .figures import plot_dir, plot_run
+    from ..report.figures import plot_dir, plot_run
 
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     written = []
@@ -327,7 +327,7 @@ def plot(results: tuple[str, ...], out: str, kinds: str, dataset: str | None, pr
 
 
 def _catalog_dataset(ctx: click.Context, name: str) -> Any:
-    from .catalog_dataset import CatalogDataset
+    from ..data.catalog_dataset import CatalogDataset
 
     dataset = _app(ctx).plugins.datasets.get(name)
     if not isinstance(dataset, CatalogDataset):
@@ -342,7 +342,7 @@ def _catalog_dataset(ctx: click.Context, name: str) -> Any:
 @click.pass_context
 def fetch(ctx: click.Context, names: tuple[str, ...], mirror: str | None) -> None:
     """Download the source files of datasets into the data root (STBENCH_DATA), verified."""
-    from .fetch import dataset_folder, fetch_dataset
+    from ..data.fetch import dataset_folder, fetch_dataset
     from .progress import RichProgress
 
     console = _console()
@@ -365,7 +365,7 @@ def prepare(ctx: click.Context, name: str, folds: str, protocol: str) -> None:
     """Cut every slide's patches into the shared HDF5 cache and prepare each fold's expression."""
     from rich.table import Table
 
-    from .patch_cache import open_patches
+    from ..data.patches import open_patches
     from .progress import RichProgress
 
     dataset = _catalog_dataset(ctx, name)
@@ -412,8 +412,8 @@ def _kind_list(kind: str | None) -> list[str] | None:
 @click.option("--json", "as_json", is_flag=True)
 def cache_ls(kind: str | None, as_json: bool) -> None:
     """List cached files (structure checked; `verify` reads every chunk)."""
-    from .cache_admin import entries
-    from .locations import cache_root
+    from ..data.cache import entries
+    from ..data.locations import cache_root
 
     rows = entries(cache_root(), _kind_list(kind))
     if as_json:
@@ -431,8 +431,8 @@ def cache_ls(kind: str | None, as_json: bool) -> None:
 @click.option("--kind", default=None, help=_KIND_HELP)
 def cache_verify(kind: str | None) -> None:
     """Read every cached file in full (every chunk's checksum); exit 1 if any is damaged or stale."""
-    from .cache_admin import verify
-    from .locations import cache_root
+    from ..data.cache import verify
+    from ..data.locations import cache_root
 
     bad = 0
     for kind_name, path, reason in verify(cache_root(), _kind_list(kind)):
@@ -449,8 +449,8 @@ def cache_verify(kind: str | None) -> None:
 @click.option("--kind", default=None, help=_KIND_HELP)
 def cache_clear(pattern: str, kind: str | None) -> None:
     """Delete cached files (with their locks, stamps and the temporaries of dead writers)."""
-    from .cache_admin import clear
-    from .locations import cache_root
+    from ..data.cache import clear
+    from ..data.locations import cache_root
 
     click.echo(f"removed {clear(cache_root(), pattern, _kind_list(kind))} file(s) from {cache_root()}")
 

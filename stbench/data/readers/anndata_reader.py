@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 from .base import SlideReader
 from .checks import (bool_param, check_in_image, check_params, check_slide_adata, image_size, one_line,
                      positive_float_param, unique_gene_symbols)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .atomic import is_stale_temp, temp_target
+from ..atomic import is_stale_temp, temp_target
 from .locations import cache_root
 
 log = logging.getLogger("stbench")
@@ -37,7 +37,7 @@ class Kind:
 
 
 def _verify_patches(path: Path) -> str | None:
-    from .patch_cache import check_chunks, source_changed, validate_patches
+    from .patches import check_chunks, source_changed, validate_patches
 
     return validate_patches(path) or check_chunks(path) or source_changed(path)
 
@@ -46,7 +46,7 @@ def verify_h5(path: Path) -> str | None:
     """Read every dataset of an HDF5 file (checksummed or compressed chunks fail on damage)."""
     import h5py
 
-    from .patch_cache import _first_line
+    from .patches import _first_line
 
     def read(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
@@ -83,7 +83,7 @@ _SIDECARS = (".lock", ".sha256")
 
 
 def _kinds(kinds: Sequence[str] | None) -> list[Kind]:
-    from .errors import StbenchError, did_you_mean
+    from ..errors import StbenchError, did_you_mean
 
     names = list(KINDS) if not kinds else list(kinds)
     for n in names:
@@ -136,7 +136,7 @@ def entries(root: str | os.PathLike | None = None, kinds: Sequence[str] | None =
 
 def _quick(kind: Kind, path: Path) -> str | None:
     if kind.name == "patches":
-        from .patch_cache import source_changed, validate_patches
+        from .patches import source_changed, validate_patches
 
         return validate_patches(path) or source_changed(path)
     return None

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .extras import require
-from .errors import ResultsError, StbenchError
+from ..atomic import atomic_path
+from ..extras import require
+from ..errors import ResultsError, StbenchError
 from .predictions import SlidePredictions, load_predictions, predictions_path
 from .results import RunResult, load_result
 

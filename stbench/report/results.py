@@ -19,8 +19,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .atomic import write_text
-from .errors import ResultsError
+from ..atomic import write_text
+from ..errors import ResultsError
 
 SCHEMA = "stbench.results/1"
 log = logging.getLogger("stbench")
@@ -93,7 +93,7 @@ def _cpu_name() -> str:
 
 
 def environment(device: str) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     env: dict[str, Any] = {
         "stbench": __version__, "git_sha": _git_sha(), "python": platform.python_version(),
@@ -179,8 +179,8 @@ def _rescore(result: RunResult, path: Path) -> None:
     """Recompute what the file derives from its per-fold, per-gene values: each fold's per-gene metric
     summaries and the run summary (a cache of the folds, not the record). A summary that disagrees with
     its folds (an edited file) is replaced, with a warning naming the file."""
-    from .evaluation import summarise
-    from .metrics import gene_summary
+    from ..eval.scoring import summarise
+    from ..eval.metrics import gene_summary
 
     if not isinstance(result.folds, list) or not result.folds:
         raise ResultsError(f"results file {path} has no folds; it records no scores: delete it and rerun the run")

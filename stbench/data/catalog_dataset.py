@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .catalog import PACKAGED, DatasetEntry
-from .dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
-from .errors import DataError
+from ..dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
+from ..errors import DataError
 from .fetch import dataset_folder, source_problems
 from .preprocess import PREPROCESS_VERSION, GeneSelection, PreparedExpression, prepare_expression
-from .slide import ImagesView, SlidePatches
+from ..slide import ImagesView, SlidePatches
 
 log = logging.getLogger("stbench")
 
@@ -76,7 +76,7 @@ class CatalogDataset(Dataset):
     def patches(self, slide: str, progress: ProgressFn | None = None) -> Path:
         """The slide's HDF5 patch file, built on first use and shared by every model and gene set."""
         from .locations import cache_dir
-        from .patch_cache import PatchSpec, ensure_patches, patch_file
+        from .patches import PatchSpec, ensure_patches, patch_file
 
         adata = self.read(slide)
         meta = adata.uns["stbench"]
@@ -148,7 +148,7 @@ class CatalogDataset(Dataset):
         return prepared
 
     def prepare(self, fold: Fold, protocol: str = "strict", progress: ProgressFn | None = None) -> PreparedFold:
-        from .patch_cache import open_patches
+        from .patches import open_patches
 
         check_protocol(protocol)
         self.check_present()

@@ -42,12 +42,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .catalog import DatasetEntry
+from ..catalog import DatasetEntry
 from .discover import discover
-from .download_lock import DownloadLock
-from .download_sink import DiskSink, GzipError
-from .errors import DataError, StbenchError
-from .locations import data_root, mirror as default_mirror
+from .lock import DownloadLock
+from .sink import DiskSink, GzipError
+from ...errors import DataError, StbenchError
+from ..locations import data_root, mirror as default_mirror
 
 CHUNK = 1 << 20
 RETRIES = 4

@@ -19,7 +19,7 @@ Design choices:
   keeps the rows the next crops still need (less than one crop), so every tile is decoded once.
   Peak memory is the buffer, (crop + step + tile rows) x width x 3 bytes, plus one read piece,
   whatever the image's height, as long as the image can be read by window (tiled, stripped or
-  uncompressed TIFF; see :mod:`stbench.image_reader`). JPEG/PNG are decoded whole once. A window
+  uncompressed TIFF; see :mod:`stbench.data.images`). JPEG/PNG are decoded whole once. A window
   per spot would instead decode each tile once per spot that touches it (up to ~4 spots per tile
   at 256 px crops on 512 px tiles, more for dense Visium grids). Measured on a 20,000 x 20,000
   JPEG-tiled TIFF with 5,000 spots: 202 MB peak RSS (68 MB of it imports) against 1,681 MB for
@@ -52,11 +52,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import DataError
-from .image_reader import READER_VERSION as IMAGE_READER_VERSION
-from .image_reader import open_image
-from .locations import cache_root  # noqa: F401  (re-exported: older plugins import it from here)
+from ...atomic import atomic_path
+from ...errors import DataError
+from ..images import READER_VERSION as IMAGE_READER_VERSION
+from ..images import open_image
+from ..locations import cache_root  # noqa: F401  (re-exported: older plugins import it from here)
 
 log = logging.getLogger("stbench")
 
@@ -292,7 +292,7 @@ def is_verified(path: Path) -> bool:
 def mark_verified(path: Path) -> None:
     import json
 
-    from .atomic import write_text
+    from ...atomic import write_text
 
     write_text(_stamp(path), json.dumps(_identity(path)))
 
@@ -717,10 +717,10 @@ def source_changed(path: str | os.PathLike) -> str | None:
 def list_cache(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One dict per cached patch file: ``path``, ``slide_key``, ``spec_key``, ``n_kept``, ``n_blank``,
     ``size_bytes`` (also as ``size``), ``complete``, ``valid`` and ``reason`` (structure, or the source
-    image changed since the build). :mod:`stbench.cache_admin` covers every kind of cached file."""
+    image changed since the build). :mod:`stbench.data.cache` covers every kind of cached file."""
     import h5py
 
-    from .cache_admin import entries
+    from ..cache import entries
 
     rows = []
     for row in entries(root, ["patches"]):
@@ -743,14 +743,14 @@ def list_cache(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 def verify_cache(root: str | os.PathLike | None = None) -> list[tuple[Path, str | None]]:
     """``(path, reason or None)`` for every cached patch file: structure, every chunk's checksum, and
     whether the source image changed since the build."""
-    from .cache_admin import verify
+    from ..cache import verify
 
     return [(path, reason) for _, path, reason in verify(root, ["patches"])]
 
 
 def clear_cache(root: str | os.PathLike | None = None, pattern: str = "*") -> int:
     """Delete cached patch files whose slide key (or ``<slide key>/<spec key>``) matches ``pattern``,
-    with their temporary, lock and stamp files; see :func:`stbench.cache_admin.clear`."""
-    from .cache_admin import clear
+    with their temporary, lock and stamp files; see :func:`stbench.data.cache.clear`."""
+    from ..cache import clear
 
     return clear(root, pattern, ["patches"])

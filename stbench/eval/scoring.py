@@ -5,8 +5,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .metric import Metric
-from .results import pack_floats, pack_strings
+from ..metric import Metric
+from ..report.results import pack_floats, pack_strings
 
 TOP_K = (1, 3, 5, 10, 50, 100)
 

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import write_text
-from .errors import DataError, StbenchError
+from ...atomic import write_text
+from ...errors import DataError, StbenchError
 
 LOCK_NAME = "stbench-lock.json"
 

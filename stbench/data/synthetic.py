@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
-from .errors import CatalogError
+from ..dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
+from ..errors import CatalogError
 from .readers.base import Reader
-from .slide import SlidePatches
+from ..slide import SlidePatches
 
 DEFAULTS: dict[str, Any] = {
     "grid_width": 16, "grid_height": 14, "n_genes": 60, "n_signal": 30, "patch_px": 32,

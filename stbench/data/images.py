@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 #: Bump when the pixels a reader returns for the same file could change (part of the cache key).
 READER_VERSION = "1"

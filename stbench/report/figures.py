@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import ResultsError, unknown
-from .extras import require
+from ..atomic import atomic_path
+from ..errors import ResultsError, unknown
+from ..extras import require
 from .predictions import SlidePredictions, load_predictions, predictions_path
 from .results import RunResult, find_results, load_result
 
@@ -88,7 +88,7 @@ def _wrap(label: str, width: int) -> str:
 
 def _metric_meta(metric: str, results: Sequence[RunResult]) -> dict[str, Any]:
     """The metric's declaration as the results record it (the core's for files that predate labels)."""
-    from .report.leaderboard.rows import BoardContext, metric_meta
+    from .leaderboard.rows import BoardContext, metric_meta
 
     return metric_meta(results, BoardContext.core()).get(metric, {"label": metric, "higher_is_better": True})
 
@@ -110,7 +110,7 @@ def _pooled(result: RunResult, metric: str) -> np.ndarray | None:
 
 def leaderboard_order(results: Sequence[RunResult]) -> list[RunResult]:
     """The leaderboard's order: non-baselines first, then by mean Pearson (descending), then label."""
-    from .report.leaderboard import result_sort_key
+    from .leaderboard import result_sort_key
 
     return sorted(results, key=result_sort_key)
 
@@ -279,7 +279,7 @@ def _umap(x: np.ndarray, seed: int) -> np.ndarray:
 
 def pearson_per_gene(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Pearson r of every column, as the leaderboard scores it (NaN for a constant column)."""
-    from .metrics import pearson
+    from ..eval.metrics import pearson
 
     return pearson(np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64))
 

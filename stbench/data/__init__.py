@@ -1,0 +1,1 @@
+"""The data path: catalogue, downloads, readers, images, the patch cache, preprocessing, loading."""

@@ -1,0 +1,1 @@
+"""Evaluation: the built-in metrics, scoring a slide and summarising folds, statistics."""
