@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from .errors import OptionError, ResultsError, StbenchError
 from .options import parse_pairs
@@ -51,7 +51,7 @@ def grid_requests(plugins: Plugins, models: str | Sequence[str], datasets: str |
     an option no model in the grid has is an error (a typo would otherwise be silently ignored)."""
     model_names, dataset_names = _split(models), _split(datasets)
     if not model_names or not dataset_names:
-        raise StbenchError("a grid needs at least one model and one dataset, e.g. --models heclip,mean --datasets synthetic")
+        raise StbenchError("a grid needs at least one model and one dataset, e.g. --models MODEL1,MODEL2 --datasets synthetic")
     if seeds < 1:
         raise StbenchError(f"--seeds must be at least 1, got {seeds}")
     pairs = parse_pairs(options)

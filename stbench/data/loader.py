@@ -45,7 +45,7 @@ class PatchDataset:
     """Items ``(images, expression, index)`` over the spots of several slides.
 
     ``images`` is a uint8 tensor (3, H, W), or (views, 3, H, W) with ``views=2`` (two independently
-    augmented views, as HECLIP trains). ``expression`` is float32 (G,) or an empty tensor when the
+    augmented views, as image-centric contrastive training uses). ``expression`` is float32 (G,) or an empty tensor when the
     slides carry none. Call :meth:`set_epoch` before each epoch so the augmentation changes.
     ``memory_mb`` bounds the patches each process keeps in memory (0: always read from the cache).
     """

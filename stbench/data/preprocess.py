@@ -1,6 +1,6 @@
 """Expression preprocessing: log-normalisation, HVG / HEG gene sets, Harmony; two protocols.
 
-``paper`` reproduces HECLIP: genes are selected and Harmony is run over ALL slides of the fold,
+``paper`` reproduces the seed paper's published preprocessing (specs/protocol.md): genes are selected and Harmony is run over ALL slides of the fold,
 the query included, and the query's truth is its Harmony-corrected expression. ``strict`` (the
 leaderboard default) selects genes and runs Harmony on the reference slides only; the query's truth
 is its own log-normalised expression. Genes are matched by symbol; the selected genes are kept in

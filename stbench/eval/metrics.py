@@ -56,7 +56,7 @@ def _as_matrix(x: object, name: str) -> np.ndarray:
         )
     if np.isinf(arr).any():
         n_inf = int(np.isinf(arr).sum())
-        raise DataError(f"{name} contains {n_inf} inf value(s); remove or clip them before scoring")
+        raise DataError(f"{name} contains {n_inf} inf value(s); replace them with finite values before scoring")
     return arr
 
 

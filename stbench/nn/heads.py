@@ -1,5 +1,5 @@
-"""The projection head of image-expression contrastive learning (Xie et al. 2023; from the OpenAI-CLIP
-tutorial): maps an encoder's features, or an expression vector, into the shared embedding space."""
+"""The projection head of image-expression contrastive learning (Xie et al. 2023, after the image-text
+projection head of Radford et al. 2021): maps an encoder's features, or an expression vector, into the shared embedding space."""
 from __future__ import annotations
 
 import torch

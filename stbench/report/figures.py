@@ -62,7 +62,7 @@ def _join(result: RunResult, options: dict[str, Any], max_len: int) -> str:
 
 
 def short_label(result: RunResult, max_len: int = MAX_LABEL) -> str:
-    """Model name, profile and the options set on top of the profile, e.g. ``heclip quick: epochs=2``."""
+    """Model name, profile and the options set on top of the profile, e.g. ``my-model quick: epochs=2``."""
     return _join(result, _own_options(result), max_len)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import ResultsError
 from ..results import RunResult, find_results, load_result
 from .findings import findings
-from .rows import (TOP_GENES_COLUMN, BoardContext, Row, arrow, finite, fmt, label_of, metric_meta, p_text, paired,
+from .rows import (TOP_GENES_COLUMN, BoardContext, Row, arrow, finite, label_of, metric_meta, p_text, paired,
                    rank_metric, reference_row, rows_of)
 
 log = logging.getLogger("stbench")

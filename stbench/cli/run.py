@@ -1,0 +1,101 @@
+"""``stbench run`` and ``stbench bench``: one run, and grids of runs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import StbenchError
+from .app import DEFAULT_RESULTS, _app, _console, cli
+from .report import render_board
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="Model name (stbench list models).")
+@click.option("--dataset", "-d", required=True, help="Dataset name (stbench list datasets).")
+@click.option("--folds", default="default", show_default=True, help="default | single | all | patients | slide ids, comma-separated.")
+@click.option("--protocol", default="strict", show_default=True, type=click.Choice(["strict", "paper"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Model option; profile=NAME picks a preset.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--out", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--no-predictions", is_flag=True, help="Do not write the predictions file (figures and exports need it).")
+@click.pass_context
+def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str, seed: int,
+        options: tuple[str, ...], device: str, out: str, no_predictions: bool) -> None:
+    """Fit and score MODEL on every fold of DATASET; write one results file."""
+    from ..runner import RunRequest, run as run_one
+    from .progress import RichProgress
+
+    plugins = _app(ctx).plugins
+    req = RunRequest(model=model, dataset=dataset, folds=folds, protocol=protocol, seed=seed, options=options,
+                     device=device, save_predictions=not no_predictions)
+    console = _console()
+    with RichProgress(console) as progress:
+        result, path = run_one(plugins, req, out, progress=progress)
+    _print_summary(console, result)
+    console.print(f"results: {path}")
+
+
+@cli.command()
+@click.option("--models", required=True, help="Comma-separated model names.")
+@click.option("--datasets", required=True, help="Comma-separated dataset names.")
+@click.option("--protocol", "protocols", default="strict", show_default=True, help="strict, paper, or both: strict,paper")
+@click.option("--profile", default=None, help="Preset for every model that defines it (e.g. quick); others run their defaults.")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Option for every model that has it.")
+@click.option("--seeds", default=1, show_default=True, type=int, help="Run seeds 0..N-1.")
+@click.option("--folds", default="default", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--leaderboard", "board", default=None, type=click.Path(dir_okay=False), help="Markdown to render at the end [default: OUT/LEADERBOARD.md].")
+@click.option("--no-predictions", is_flag=True, help="Do not write predictions files.")
+@click.option("--keep-going", is_flag=True, help="Record a failed run and go on with the rest.")
+@click.pass_context
+def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profile: str | None, options: tuple[str, ...],
+          seeds: int, folds: str, device: str, out: str, board: str | None, no_predictions: bool, keep_going: bool) -> None:
+    """Run every model x dataset x protocol x seed (skipping runs already in OUT), then render the leaderboard."""
+    from ..atomic import write_text
+    from ..bench import grid_requests, run_grid
+    from .progress import RichProgress
+
+    plugins = _app(ctx).plugins
+    protocol_list = [p.strip() for p in protocols.split(",") if p.strip()]
+    for p in protocol_list:
+        if p not in ("strict", "paper"):
+            raise StbenchError(f"unknown protocol '{p}' in --protocol; use strict, paper or strict,paper")
+    requests = grid_requests(plugins, models, datasets, protocol_list, seeds, options, profile, folds, device,
+                             save_predictions=not no_predictions)
+    console = _console()
+    console.print(f"grid: {len(requests)} run(s) into {out}")
+    with RichProgress(console) as progress:
+        report = run_grid(plugins, requests, out, progress=progress, keep_going=keep_going)
+    for o in report.outcomes:
+        r = o.request
+        console.print(f"{o.status:<8} {r.model} on {r.dataset} ({r.protocol}, seed {r.seed})"
+                      + (f": {o.reason}" if o.status == "failed" else f"  {o.path}"))
+    target = Path(board) if board else Path(out) / "LEADERBOARD.md"
+    write_text(target, render_board(ctx, out, target, None))
+    console.print(f"{report.count('ran')} ran, {report.count('skipped')} skipped, {report.count('failed')} failed; leaderboard: {target}")
+    if report.count("failed"):
+        sys.exit(1)
+
+
+def _print_summary(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    from ..report.leaderboard import fmt as _fmt
+
+    table = Table(title=f"{result.label} on {result.dataset} ({result.protocol}, {len(result.folds)} fold(s))")
+    for col in ("metric", "median", "mean", "excluded genes per fold"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, s in result.summary.items():
+        if name.startswith("pearson_") and not name.endswith("@50"):
+            continue
+        arrow = {True: " ↑", False: " ↓"}.get(result.metrics.get(name, {}).get("higher_is_better"), "")
+        n = s.get("n_folds")
+        median = _fmt(s.get("median"), s.get("median_sd"), n) if s.get("median") is not None or "n_nan" in s else ""
+        excluded = ", ".join(str(f["scores"].get(name, {}).get("n_nan", "?")) for f in result.folds) if "n_nan" in s else ""
+        table.add_row(name + arrow, median, _fmt(s.get("mean"), s.get("sd"), n), excluded)
+    console.print(table)
