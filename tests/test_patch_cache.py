@@ -16,10 +16,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-import stbench.patch_cache as pc
+import stbench.data.patches.build as pc_build
 from stbench.errors import DataError
-from stbench.image_reader import open_image
-from stbench.patch_cache import (H5Images, PatchSpec, build_patches, cache_root, clear_cache, ensure_patches,
+from stbench.data.images import open_image
+from stbench.data.patches import (H5Images, PatchSpec, build_patches, cache_root, clear_cache, ensure_patches,
                                  list_cache, open_patches, patch_file, validate_patches, verify_cache)
 
 from conftest import HER2ST_MINI, SHARED_DATA
@@ -245,7 +245,7 @@ def test_many_bands_give_the_same_patches(tmp_path, monkeypatch):
     coords = np.column_stack([rng.uniform(-2, W + 1, 60), rng.uniform(-2, H + 1, 60)])
     bcs = np.array([f"b{i}" for i in range(60)])
     reads = []
-    real_open = pc.open_image
+    real_open = pc_build.open_image
 
     def counting_open(p):
         src = real_open(p)
@@ -253,8 +253,8 @@ def test_many_bands_give_the_same_patches(tmp_path, monkeypatch):
         src.read = lambda *a: reads.append(a) or real_read(*a)
         return src
 
-    monkeypatch.setattr(pc, "open_image", counting_open)
-    monkeypatch.setattr(pc, "BAND_BYTES", 3 * W * 40)  # less than one 64-row tile row per band
+    monkeypatch.setattr(pc_build, "open_image", counting_open)
+    monkeypatch.setattr(pc_build, "BAND_BYTES", 3 * W * 40)  # less than one 64-row tile row per band
     bands = []
     d = open_patches(build(tmp_path, path, coords=coords, barcodes=bcs, grid=np.zeros((60, 2), int),
                            progress=lambda task, done, total=None, **kw: bands.append(done)))
@@ -274,7 +274,7 @@ def test_many_bands_give_the_same_patches(tmp_path, monkeypatch):
 def test_interrupted_build_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, gradient(), tile=(64, 64))
-    monkeypatch.setattr(pc, "BAND_BYTES", 1)  # one band per crop row
+    monkeypatch.setattr(pc_build, "BAND_BYTES", 1)  # one band per crop row
     written = []
 
     def fail_after_two(task, completed, total=None, **info):
@@ -300,14 +300,14 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, gradient(), tile=(64, 64))
     calls = []
-    real_build = pc._build
+    real_build = pc_build._build
 
     def slow_build(*a, **kw):
         calls.append(threading.get_ident())
         time.sleep(0.3)  # long enough for the other thread to reach the lock
         return real_build(*a, **kw)
 
-    monkeypatch.setattr(pc, "_build", slow_build)
+    monkeypatch.setattr(pc_build, "_build", slow_build)
     results, errors = [], []
 
     def worker():
@@ -328,12 +328,12 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
 
 def _rebuilds(tmp_path, path, caplog, monkeypatch, **kw) -> tuple[int, str]:
     calls = []
-    real_build = pc._build
-    monkeypatch.setattr(pc, "_build", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    real_build = pc_build._build
+    monkeypatch.setattr(pc_build, "_build", lambda *a, **k: calls.append(1) or real_build(*a, **k))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stbench"):
         build(tmp_path, path, **kw)
-    monkeypatch.setattr(pc, "_build", real_build)
+    monkeypatch.setattr(pc_build, "_build", real_build)
     return len(calls), " ".join(r.getMessage() for r in caplog.records if r.name == "stbench")
 
 

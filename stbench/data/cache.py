@@ -46,7 +46,7 @@ def verify_h5(path: Path) -> str | None:
     """Read every dataset of an HDF5 file (checksummed or compressed chunks fail on damage)."""
     import h5py
 
-    from .patches import _first_line
+    from .patches.store import _first_line
 
     def read(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
@@ -198,3 +198,29 @@ def _remove_empty_folders(base: Path) -> None:
     for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             d.rmdir()
+
+
+def list_patches(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One dict per cached patch file: ``path``, ``slide_key``, ``spec_key``, ``n_kept``, ``n_blank``,
+    ``size_bytes`` (also as ``size``), ``complete``, ``valid`` and ``reason`` (structure, or the source
+    image changed since the build)."""
+    import h5py
+
+    from .patches.store import _norm
+
+    rows = []
+    for row in entries(root, ["patches"]):
+        if row["kind"] != "patches":
+            continue
+        path = row["path"]
+        attrs: dict[str, Any] = {}
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: _norm(f.attrs.get(k)) for k in ("n_kept", "n_blank", "complete")}
+        except Exception:
+            pass
+        slide_key, _, spec_key = row["key"].rpartition("/")
+        rows.append({"path": path, "slide_key": slide_key, "spec_key": spec_key, "n_kept": attrs.get("n_kept"),
+                     "n_blank": attrs.get("n_blank"), "size_bytes": row["size_bytes"], "size": row["size_bytes"],
+                     "complete": attrs.get("complete") is True, "valid": row["valid"], "reason": row["reason"]})
+    return rows
