@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pluggy
 
 from . import hookspecs
-from .data.catalog import catalog_paths, load_catalog
+from .data.catalog import catalog_paths
 from .errors import PluginError
 from .registry import Registry
 
@@ -102,19 +102,11 @@ class Plugins:
             if not isinstance(d, Dataset):
                 raise PluginError(f"register_datasets got {d!r}; register a stbench.Dataset instance")
         registry = self._collect("register_datasets", "dataset", lambda d: d.name, check)
-        for path in self.catalogs:
-            for entry in load_catalog(path):
-                reader = self._reader_for(entry)
-                registry.add(entry.name, reader.make_dataset(entry), f"catalogue {path}")
+        from .data.catalog_dataset import catalogue_datasets
+
+        for dataset, path in catalogue_datasets(self.catalogs, self.readers):
+            registry.add(dataset.name, dataset, f"catalogue {path}")
         return registry
-
-    def _reader_for(self, entry: Any) -> Any:
-        from .errors import CatalogError, UnknownNameError
-
-        try:
-            return self.readers.get(entry.reader)
-        except UnknownNameError as e:
-            raise CatalogError(f"{entry.source_file}: dataset '{entry.name}' key 'reader': {e}") from None
 
     def hooks_of(self, plugin_name: str) -> list[str]:
         plugin = self.pm.get_plugin(plugin_name)

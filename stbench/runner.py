@@ -15,7 +15,7 @@ from .errors import DataError, StbenchError
 from .eval.scoring import score_slide, summarise
 from .options import build_options, changed_options, check_seed, options_dict, profile_changes
 from .plugins import Plugins
-from .report.predictions import SlidePredictions, predictions_path, write_predictions
+from .report.predictions import collect_slide_predictions, predictions_path, write_predictions
 from .report.results import RunResult, config_hash, environment, result_path
 
 Progress = Callable[..., None]
@@ -102,6 +102,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         progress: Progress | None = None, workdir: str | Path | None = None) -> tuple[RunResult, Path | None]:
     """Run every fold; write the results file into ``out_dir`` (if given) and return both."""
     p = plan(plugins, req)
+    target = None
     if out_dir is not None:
         target = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
         _check_writable(target.parent)
@@ -109,85 +110,70 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     metrics = list(plugins.metrics.values())
     report = progress or (lambda *a, **k: None)
     started = time.perf_counter()
-    fold_records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     saved: list[Any] = []
+    keep = target is not None and req.save_predictions
     with tempfile.TemporaryDirectory(prefix="stbench-") as scratch:
         for i, fold in enumerate(p["folds"]):
             report("folds", i, len(p["folds"]), fold=fold.name)
-            prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
-            fold_dir = Path(workdir or scratch) / f"fold{i}"
-            model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol,
-                                   workdir=fold_dir, progress=progress,
-                                   dataset_info=prepared.info)
-            t0 = time.perf_counter()
-            model.fit(list(prepared.train), list(prepared.genes))
-            fit_s = time.perf_counter() - t0
-            for query in prepared.queries:
-                if query.expression is not None:
-                    raise DataError(f"dataset '{req.dataset}' handed query slide '{query.slide_id}' with expression")
-                t0 = time.perf_counter()
-                pred = _check_prediction(model.predict(query), len(query), len(prepared.genes), req.model, query.slide_id)
-                record = score_slide(metrics, prepared.truth[query.slide_id], pred, prepared.genes, query.coords)
-                record.update({"fold": fold.name, "query": query.slide_id, "reference": list(fold.reference),
-                               "n_spots": len(query), "n_genes": len(prepared.genes), "fit_seconds": fit_s,
-                               "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
-                record.update(model.fold_extra())
-                fold_records.append(record)
-                if out_dir is not None and req.save_predictions:
-                    saved.append(slide_predictions(p["dataset"], model, fold.name, query, prepared,
-                                                   prepared.truth[query.slide_id], pred, req.seed))
+            fold_records, fold_saved = run_fold(p, req, fold, metrics, device, Path(workdir or scratch) / f"fold{i}",
+                                                progress, keep)
+            records += fold_records
+            saved += fold_saved
         report("folds", len(p["folds"]), len(p["folds"]))
-    cls = p["model_cls"]
-    origin = plugins.models.origin(req.model)
-    plugin_info = next((dict(name=i.name, source=i.source, version=i.version) for i in plugins.loaded if i.name == origin),
-                       {"name": origin})
-    result = RunResult(
-        model=req.model, dataset=req.dataset, protocol=req.protocol, seed=req.seed, profile=p["profile"],
-        options=options_dict(p["options"]), changed_options=changed_options(p["options"]), plugin=plugin_info,
-        baseline=bool(cls.card.baseline), split=req.folds if req.folds != "default" else p["dataset"].default_split,
-        dataset_info=p["dataset"].info(),
-        metrics={m.name: m.meta() for m in metrics},
-        folds=fold_records, summary=summarise(fold_records), environment=environment(device),
-        wall_seconds=time.perf_counter() - started, config=p["config"], config_hash=p["hash"],
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"],
-               "card": cls.card.recorded()},
-    )
+    result = _result(plugins, req, p, metrics, records, device, time.perf_counter() - started)
     if saved:
         write_predictions(predictions_path(target), saved,
                           {"model": req.model, "dataset": req.dataset, "protocol": req.protocol,
                            "config_hash": p["hash"], "label": result.label})
-    path = result.save(target) if out_dir is not None else None
+    path = result.save(target) if target is not None else None
     return result, path
 
 
-MAX_REFERENCE_EMBEDDINGS = 2000
+def run_fold(p: dict[str, Any], req: RunRequest, fold: Any, metrics: list[Any], device: str, workdir: Path,
+             progress: Progress | None, keep_predictions: bool) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Prepare one fold, fit a fresh model on its reference slides, predict and score each query slide.
+    Returns the fold records and (with ``keep_predictions``) what the predictions file keeps."""
+    prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
+    model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol, workdir=workdir,
+                           progress=progress, dataset_info=prepared.info)
+    t0 = time.perf_counter()
+    model.fit(list(prepared.train), list(prepared.genes))
+    fit_s = time.perf_counter() - t0
+    records, saved = [], []
+    for query in prepared.queries:
+        if query.expression is not None:
+            raise DataError(f"dataset '{req.dataset}' handed query slide '{query.slide_id}' with expression")
+        t0 = time.perf_counter()
+        pred = _check_prediction(model.predict(query), len(query), len(prepared.genes), req.model, query.slide_id)
+        truth = prepared.truth[query.slide_id]
+        record = score_slide(metrics, truth, pred, prepared.genes, query.coords)
+        record.update({"fold": fold.name, "query": query.slide_id, "reference": list(fold.reference),
+                       "n_spots": len(query), "n_genes": len(prepared.genes), "fit_seconds": fit_s,
+                       "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
+        record.update(model.fold_extra())
+        records.append(record)
+        if keep_predictions:
+            saved.append(collect_slide_predictions(p["dataset"], model, fold.name, query, prepared, truth, pred, req.seed))
+    return records, saved
 
 
-def slide_predictions(dataset: Any, model: Any, fold: str, query: Any, prepared: Any, true: np.ndarray,
-                      pred: np.ndarray, seed: int) -> SlidePredictions:
-    """What the predictions file keeps of one query slide: truth, prediction, a thumbnail of the
-    tissue and, for models that embed images, query and (up to 2,000 sampled) reference embeddings."""
-    from .report.thumbnail import patch_mosaic, spot_spacing, tissue_thumbnail
-
-    image = dataset.image_of(query.slide_id)
-    thumb, scale = tissue_thumbnail(*image) if image is not None else patch_mosaic(query.coords, query.images)
-    embeddings, slides = {}, {}
-    if type(model).supports_embeddings():
-        rng = np.random.default_rng(seed)
-        ref_parts, ref_slides = [], []
-        total = sum(len(s) for s in prepared.train)
-        for s in prepared.train:
-            n = len(s) if total <= MAX_REFERENCE_EMBEDDINGS else int(round(len(s) * MAX_REFERENCE_EMBEDDINGS / total))
-            rows = np.sort(rng.choice(len(s), size=min(n, len(s)), replace=False))
-            ref_parts.append(np.asarray(model.embed(s.subset(rows) if len(rows) < len(s) else s)))
-            ref_slides += [s.slide_id] * len(rows)
-        embeddings = {"reference": np.concatenate(ref_parts), "query": np.asarray(model.embed(query))}
-        slides = {"reference": np.asarray(ref_slides), "query": np.asarray([query.slide_id] * len(query))}
-    return SlidePredictions(fold=fold, query=query.slide_id, genes=list(prepared.genes), barcodes=query.barcodes,
-                            coords=query.coords, true=true, pred=pred, thumbnail=thumb, thumbnail_scale=scale,
-                            spot_diameter_px=0.55 * spot_spacing(query.coords),
-                            embeddings=embeddings, embedding_slides=slides)
+def _result(plugins: Plugins, req: RunRequest, p: dict[str, Any], metrics: list[Any], records: list[dict[str, Any]],
+            device: str, wall_seconds: float) -> RunResult:
+    cls = p["model_cls"]
+    origin = plugins.models.origin(req.model)
+    plugin_info = next((dict(name=i.name, source=i.source, version=i.version) for i in plugins.loaded if i.name == origin),
+                       {"name": origin})
+    return RunResult(
+        model=req.model, dataset=req.dataset, protocol=req.protocol, seed=req.seed, profile=p["profile"],
+        options=options_dict(p["options"]), changed_options=changed_options(p["options"]), plugin=plugin_info,
+        baseline=bool(cls.card.baseline), split=req.folds if req.folds != "default" else p["dataset"].default_split,
+        dataset_info=p["dataset"].info(), metrics={m.name: m.meta() for m in metrics},
+        folds=records, summary=summarise(records), environment=environment(device), wall_seconds=wall_seconds,
+        config=p["config"], config_hash=p["hash"], created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"],
+               "card": cls.card.recorded()},
+    )
 
 
 def _check_writable(folder: Path) -> None:

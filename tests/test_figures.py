@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stbench import figures
+from stbench.report import figures
 from stbench.errors import ResultsError, UnknownNameError
-from stbench.predictions import load_predictions, predictions_path
-from stbench.results import load_result
+from stbench.report.predictions import load_predictions, predictions_path
+from stbench.report.results import load_result
 
 HECLIP = ("profile=quick", "epochs=2", "encoder=test_efficientnet", "pretrained=false", "input_px=16")
 FOLDS = "syn1,syn2"
@@ -152,7 +152,7 @@ def test_spatial_maps_shows_the_best_predicted_genes(runs, tmp_path, monkeypatch
     s = slides(runs, "heclip")[0]
     chosen = []
     real = figures.best_genes
-    monkeypatch.setattr(figures, "best_genes", lambda t, p, n: chosen.append(real(t, p, n)) or chosen[-1])
+    monkeypatch.setattr(figures.spatial, "best_genes", lambda t, p, n: chosen.append(real(t, p, n)) or chosen[-1])
     assert_png(figures.spatial_maps(s, tmp_path / "spatial.png", n_genes=3, label="heclip"), min_w=600)
     r = numpy_pearson(s.true.astype(float), s.pred.astype(float))
     assert sorted(r[chosen[0]], reverse=True) == sorted(r[np.isfinite(r)], reverse=True)[:3]
@@ -197,7 +197,7 @@ def test_module_import_is_cheap():
     import subprocess
     import sys
 
-    code = ("import sys, stbench.figures; "
+    code = ("import sys, stbench.report.figures; "
             "print(any(m in sys.modules for m in ('matplotlib', 'umap', 'torch')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path
 from .catalog import PACKAGED, DatasetEntry
 from ..dataset import Dataset, Fold, PreparedFold, ProgressFn, check_protocol
 from ..errors import DataError
 from .fetch import dataset_folder, source_problems
+from .prepared import prepared_key, read_prepared, write_prepared
 from .preprocess import PREPROCESS_VERSION, GeneSelection, PreparedExpression, prepare_expression
 from ..slide import ImagesView, SlidePatches
 
@@ -106,45 +105,29 @@ class CatalogDataset(Dataset):
         return str(meta["image_path"]), float(meta.get("image_scale", 1.0))
 
     def _prepared_key(self, fold: Fold, protocol: str, patch_barcodes: dict[str, np.ndarray]) -> str:
-        inputs = {
+        return prepared_key({
             "reader": [self.reader.name, self.reader.version], "params": dict(self.entry.params),
             "genes": dict(self.entry.genes), "harmony": self.entry.harmony, "protocol": protocol,
             "reference": list(fold.reference), "query": list(fold.query), "version": PREPROCESS_VERSION,
             "files": {s: [_file_identity(f) for f in self.read(s).uns["stbench"]["source_files"]] for s in patch_barcodes},
             "spots": {s: hashlib.sha256("\n".join(b).encode()).hexdigest() for s, b in patch_barcodes.items()},
-        }
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        })
 
     def _expression(self, fold: Fold, protocol: str, patch_barcodes: dict[str, np.ndarray]) -> PreparedExpression:
         """Prepared matrices, cached on disk by a hash of the inputs, protocol and fold."""
-        import h5py
-
         from .locations import cache_dir
 
         path = cache_dir("prepared", self.name) / f"{self._prepared_key(fold, protocol, patch_barcodes)}.h5"
-        if path.exists():
-            try:
-                with h5py.File(path, "r") as f:
-                    genes = tuple(x.decode() for x in f["genes"][:])
-                    slides = list(patch_barcodes)
-                    return PreparedExpression(
-                        genes, {s: f[f"slides/{s}/matrix"][:] for s in slides},
-                        {s: np.array([x.decode() for x in f[f"slides/{s}/barcodes"][:]]) for s in slides},
-                        json.loads(f.attrs["info"]))
-            except (OSError, KeyError, ValueError) as e:
-                log.warning("recomputing %s: unreadable prepared cache (%s)", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        cached = read_prepared(path, list(patch_barcodes))
+        if cached is not None:
+            return cached
         raw = {}
         for s, barcodes in patch_barcodes.items():
             adata = self.read(s)
             raw[s] = adata[adata.obs_names.isin(barcodes)]
         gene_sel = GeneSelection(self.entry.genes["set"], self.entry.genes.get("n_per_slide"))
         prepared = prepare_expression(raw, fold.reference, fold.query, protocol, gene_sel, self.entry.harmony)
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("genes", data=np.array(prepared.genes, dtype="S"), fletcher32=True)
-            for s in patch_barcodes:
-                f.create_dataset(f"slides/{s}/matrix", data=prepared.matrices[s], compression="gzip", fletcher32=True)
-                f.create_dataset(f"slides/{s}/barcodes", data=np.array(prepared.barcodes[s], dtype="S"), fletcher32=True)
-            f.attrs["info"] = json.dumps(prepared.info)
+        write_prepared(path, prepared, list(patch_barcodes))
         return prepared
 
     def prepare(self, fold: Fold, protocol: str = "strict", progress: ProgressFn | None = None) -> PreparedFold:
@@ -187,3 +170,18 @@ class CatalogDataset(Dataset):
         return {**super().info(), "reader": e.reader, "gene_set": e.gene_set, "n_per_slide": e.genes.get("n_per_slide"),
                 "harmony": e.harmony, "patch_px": e.patch_px, "citation": e.citation, "catalogue": e.source_file,
                 "catalogue_packaged": Path(e.source_file) == PACKAGED, "version": self.version}
+
+
+def catalogue_datasets(paths: Sequence[Path], readers: Any) -> Iterator[tuple[Dataset, Path]]:
+    """``(dataset, catalogue file)`` for every entry of the catalogue files, each built by the reader its
+    ``reader`` key names (a one-line error naming the file and entry for an unknown reader)."""
+    from ..errors import CatalogError, UnknownNameError
+    from .catalog import load_catalog
+
+    for path in paths:
+        for entry in load_catalog(path):
+            try:
+                reader = readers.get(entry.reader)
+            except UnknownNameError as e:
+                raise CatalogError(f"{entry.source_file}: dataset '{entry.name}' key 'reader': {e}") from None
+            yield reader.make_dataset(entry), path

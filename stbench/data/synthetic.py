@@ -68,8 +68,12 @@ def gene_model(n_genes: int, n_signal: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def log_normalise(counts: np.ndarray) -> np.ndarray:
-    totals = counts.sum(1, keepdims=True)
-    return np.log1p(counts / np.maximum(totals, 1) * np.median(totals)).astype(np.float32)
+    """The real data's normalisation (:func:`stbench.data.preprocess.log_normalise`) of dense counts."""
+    import anndata
+
+    from .preprocess import log_normalise as normalise_slide
+
+    return np.asarray(normalise_slide(anndata.AnnData(np.asarray(counts, dtype=np.float32))).X, dtype=np.float32)
 
 
 class SyntheticDataset(Dataset):

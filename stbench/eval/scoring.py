@@ -8,7 +8,6 @@ import numpy as np
 from ..metric import Metric
 from ..report.results import pack_floats, pack_strings
 
-TOP_K = (1, 3, 5, 10, 50, 100)
 
 
 def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, genes: Sequence[str],
@@ -16,7 +15,7 @@ def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, g
     """Per-gene values (packed), per-metric scores and, for metrics with ``top_genes``, their mean over
     the top-k genes by total (``<name>_heg@k``) and by variance (``<name>_hvg@k``) of the truth.
     ``coords`` (the query spots' full-resolution centres) go to spatial metrics."""
-    from .metrics import gene_summary, top_gene_mean
+    from .metrics import HEG_HVG_K, gene_summary, top_gene_mean
 
     true = np.asarray(true, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
@@ -32,7 +31,7 @@ def score_slide(metrics: Iterable[Metric], true: np.ndarray, pred: np.ndarray, g
             scores[m.name] = {"value": float(value)}
         if m.top_genes and m.per_gene:
             for by in ("heg", "hvg"):
-                for k in TOP_K:
+                for k in HEG_HVG_K:
                     if k <= true.shape[1]:
                         v, n_nan = top_gene_mean(true, value, k, by=by)
                         scores[f"{m.name}_{by}@{k}"] = {"value": float(v), "n_nan": int(n_nan)}

@@ -113,3 +113,32 @@ def load_predictions(path: str | os.PathLike) -> tuple[list[SlidePredictions], d
     except (OSError, KeyError, ValueError) as e:
         raise ResultsError(f"predictions file {path} is unreadable ({type(e).__name__}); delete it and rerun the run") from None
     return out, meta
+
+
+MAX_REFERENCE_EMBEDDINGS = 2000
+
+
+def collect_slide_predictions(dataset: Any, model: Any, fold: str, query: Any, prepared: Any, true: np.ndarray,
+                              pred: np.ndarray, seed: int) -> SlidePredictions:
+    """What the predictions file keeps of one query slide: truth, prediction, a thumbnail of the
+    tissue and, for models that embed images, query and (up to 2,000 sampled) reference embeddings."""
+    from .thumbnail import patch_mosaic, spot_spacing, tissue_thumbnail
+
+    image = dataset.image_of(query.slide_id)
+    thumb, scale = tissue_thumbnail(*image) if image is not None else patch_mosaic(query.coords, query.images)
+    embeddings, slides = {}, {}
+    if type(model).supports_embeddings():
+        rng = np.random.default_rng(seed)
+        ref_parts, ref_slides = [], []
+        total = sum(len(s) for s in prepared.train)
+        for s in prepared.train:
+            n = len(s) if total <= MAX_REFERENCE_EMBEDDINGS else int(round(len(s) * MAX_REFERENCE_EMBEDDINGS / total))
+            rows = np.sort(rng.choice(len(s), size=min(n, len(s)), replace=False))
+            ref_parts.append(np.asarray(model.embed(s.subset(rows) if len(rows) < len(s) else s)))
+            ref_slides += [s.slide_id] * len(rows)
+        embeddings = {"reference": np.concatenate(ref_parts), "query": np.asarray(model.embed(query))}
+        slides = {"reference": np.asarray(ref_slides), "query": np.asarray([query.slide_id] * len(query))}
+    return SlidePredictions(fold=fold, query=query.slide_id, genes=list(prepared.genes), barcodes=query.barcodes,
+                            coords=query.coords, true=true, pred=pred, thumbnail=thumb, thumbnail_scale=scale,
+                            spot_diameter_px=0.55 * spot_spacing(query.coords),
+                            embeddings=embeddings, embedding_slides=slides)
