@@ -4,7 +4,7 @@ import pytest
 from stbench.bench import completed, grid_requests, run_grid
 from stbench.errors import OptionError, StbenchError
 from stbench.plugins import get_plugin_manager
-from stbench.results import load_result
+from stbench.report.results import load_result
 
 FOLDS = "syn1,syn2"
 

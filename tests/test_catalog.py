@@ -1,6 +1,6 @@
 import pytest
 
-from stbench.catalog import PACKAGED, load_catalog
+from stbench.data.catalog import PACKAGED, load_catalog
 from stbench.errors import CatalogError
 
 GOOD = """

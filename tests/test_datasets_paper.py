@@ -17,8 +17,8 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from stbench.catalog import PACKAGED, load_catalog
-from stbench.fetch import source_location
+from stbench.data.catalog import PACKAGED, load_catalog
+from stbench.data.fetch import source_location
 
 GENES = [f"GENE{i:02d}" for i in range(1, 13)]
 ROWS, COLS = 8, 16  # a small Visium-like orange-crate grid: 8 x 8 = 64 spots

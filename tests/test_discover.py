@@ -3,10 +3,10 @@ import gzip
 
 import pytest
 
-from stbench.catalog import parse_entry
-from stbench.discover import listing_names, pick
+from stbench.data.catalog import parse_entry
+from stbench.data.fetch.discover import listing_names, pick
 from stbench.errors import DataError
-from stbench.fetch import fetch_dataset
+from stbench.data.fetch import fetch_dataset
 
 GEO_INDEX = """<html><body><h1>Index of /geo/samples/GSM7845nnn/GSM7845914/suppl</h1><pre>
 <a href="/geo/samples/GSM7845nnn/GSM7845914/">Parent Directory</a>

@@ -13,11 +13,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from stbench.errors import ResultsError, StbenchError  # noqa: E402
-from stbench.export import (  # noqa: E402
+from stbench.report.export import (  # noqa: E402
     LONG_COLUMNS, export_run, long_table, model_id, per_gene_table, to_anndata, write_h5ad, write_table,
 )
 from stbench.plugins import get_plugin_manager  # noqa: E402
-from stbench.predictions import load_predictions, predictions_path  # noqa: E402
+from stbench.report.predictions import load_predictions, predictions_path  # noqa: E402
 from stbench.runner import RunRequest, run  # noqa: E402
 
 
@@ -164,7 +164,7 @@ def test_export_run_writes_every_file(done, tmp_path):
 
 
 def test_h5ad_names_are_safe_and_distinct(done):
-    from stbench.export import _slide_names
+    from stbench.report.export import _slide_names
 
     _, _, slides = done
     s = slides[0]

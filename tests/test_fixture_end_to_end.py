@@ -101,7 +101,7 @@ def test_paper_protocol_selects_and_harmonises_over_all_slides(her2st_mini_env):
 
 
 def test_second_prepare_reads_the_prepared_cache(her2st_mini_env, monkeypatch):
-    from stbench import catalog_dataset
+    from stbench.data import catalog_dataset
 
     ds = datasets().get("her2st_mini_HVG")
     fold = ds.folds("C5")[0]
@@ -141,7 +141,7 @@ TINY = {
 
 
 def check_one_fold_results(out, model, n_genes_range=(100, 400)):
-    from stbench.predictions import load_predictions, predictions_path
+    from stbench.report.predictions import load_predictions, predictions_path
 
     path, data = results_of(out, model)
     (fold,) = data["folds"]

@@ -169,8 +169,8 @@ def test_an_unreachable_hub_fails_at_once_with_the_way_out(monkeypatch):
 
 
 def test_a_source_of_the_wrong_size_is_called_damaged_not_missing(cli, tmp_path, monkeypatch):
-    from stbench.catalog import parse_entry
-    from stbench.catalog_dataset import CatalogDataset
+    from stbench.data.catalog import parse_entry
+    from stbench.data.catalog_dataset import CatalogDataset
     from stbench.errors import DataError
     from stbench.plugins import get_plugin_manager
 
@@ -191,7 +191,7 @@ def test_negative_counts_name_the_counts_file(tmp_path):
     import anndata
 
     from stbench.errors import DataError
-    from stbench.readers.anndata_reader import AnnDataReader
+    from stbench.data.readers.anndata_reader import AnnDataReader
 
     write_slides(tmp_path, slides=("neg",))
     adata = anndata.read_h5ad(tmp_path / "neg.h5ad")
@@ -326,7 +326,7 @@ def two_runs(tmp_path):
 
 def test_a_hand_edited_summary_is_recomputed_from_the_folds(two_runs, caplog):
     from stbench.report.leaderboard import render_dir
-    from stbench.results import load_result
+    from stbench.report.results import load_result
 
     out, _, rand = two_runs
     before = render_dir(out)
@@ -340,7 +340,7 @@ def test_a_hand_edited_summary_is_recomputed_from_the_folds(two_runs, caplog):
 
 def test_a_results_file_without_folds_is_refused_and_skipped(two_runs, cli):
     from stbench.errors import ResultsError
-    from stbench.results import load_result
+    from stbench.report.results import load_result
 
     out, _, rand = two_runs
     data = json.loads(rand.read_text())

@@ -69,7 +69,7 @@ def test_prepared_fold_contents(fetched):
 
 
 def test_second_prepare_reads_the_prepared_cache(fetched, monkeypatch):
-    from stbench import catalog_dataset
+    from stbench.data import catalog_dataset
     from stbench.plugins import get_plugin_manager
 
     ds = get_plugin_manager(env={}).datasets.get("her2st_C_HVG")

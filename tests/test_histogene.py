@@ -7,10 +7,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from stbench.errors import DataError
-from stbench.metrics import pearson
+from stbench.eval.metrics import pearson
 from stbench.options import build_options
 from stbench.slide import SlidePatches
-from stbench.synthetic import SyntheticDataset
+from stbench.data.synthetic import SyntheticDataset
 from stbench.testing import check_model, fit_tiny, tiny_fold
 from stbench_baselines.models import RandomKModel
 from stbench_histogene.model import HisToGene, slide_tokens

@@ -6,7 +6,7 @@ import numpy as np
 
 from stbench.report.leaderboard import render, render_dir
 from stbench.plugins import get_plugin_manager
-from stbench.results import load_result
+from stbench.report.results import load_result
 from stbench.runner import RunRequest, run
 
 import pytest
@@ -82,7 +82,7 @@ def test_missing_results_folder(cli, tmp_path):
 def test_statistics_columns_against_the_first_row(results_dir):
     import numpy as np
 
-    from stbench.stats import bootstrap_median_ci, paired_wilcoxon
+    from stbench.eval.stats import bootstrap_median_ci, paired_wilcoxon
 
     results = [load_result(p) for p in sorted(results_dir.rglob("*.json"))]
     for r in results:
@@ -121,7 +121,7 @@ def loaded(results_dir):
 
 
 def test_ablation_table_compares_variants_with_the_reference(loaded):
-    from stbench.stats import paired_wilcoxon
+    from stbench.eval.stats import paired_wilcoxon
 
     rk, rk5, mean = loaded
     text = render([_as(rk, "random-k"), _as(rk5, "random-k"), mean])
@@ -137,7 +137,7 @@ def test_ablation_table_compares_variants_with_the_reference(loaded):
 
 
 def test_findings_state_the_papers_claims_with_p_values(loaded):
-    from stbench.stats import paired_wilcoxon
+    from stbench.eval.stats import paired_wilcoxon
 
     rk, rk5, mean = loaded
     heclip, bleep = _as(rk5, "heclip", claims=("bleep", "clip")), _as(rk, "bleep")
@@ -166,7 +166,7 @@ def test_findings_state_the_papers_claims_with_p_values(loaded):
 
 
 def test_seeds_are_pooled_into_one_row(loaded):
-    from stbench.evaluation import summarise
+    from stbench.eval.scoring import summarise
 
     rk, rk5, mean = loaded
     seed1 = _as(rk5, "random-k", baseline=True, seed=1)
@@ -210,7 +210,7 @@ def test_golden_leaderboard():
 
 
 def test_paired_tests_cover_every_per_gene_metric(loaded):
-    from stbench.stats import paired_wilcoxon
+    from stbench.eval.stats import paired_wilcoxon
 
     rk, rk5, mean = loaded
     text = render([_as(rk5, "heclip"), rk, mean])

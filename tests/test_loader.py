@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from stbench.loader import PatchDataset, augment, make_loader
+from stbench.data.loader import PatchDataset, augment, make_loader
 from stbench.testing import tiny_fold
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from stbench.report.leaderboard import BoardContext, render
-from stbench.results import load_result
+from stbench.report.results import load_result
 
 MORAN_PLUGIN = '''
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests for stbench.metrics: vectorised metrics against literal per-gene loops and hand cases."""
+"""Tests for stbench.eval.metrics: vectorised metrics against literal per-gene loops and hand cases."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import scipy.stats
 
 from stbench.errors import DataError, OptionError
 from stbench.metric import Metric
-from stbench.metrics import (
+from stbench.eval.metrics import (
     BUILTIN_METRICS,
     HEG_HVG_K,
     gene_summary,
@@ -399,7 +399,7 @@ def test_builtin_metrics():
 
 def test_import_does_not_pull_pandas_or_torch():
     code = (
-        "import sys, stbench.metrics; "
+        "import sys, stbench.eval.metrics; "
         "bad = [m for m in ('pandas', 'torch', 'scipy') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -150,7 +150,7 @@ def test_entry_point_plugin_is_listed_and_runs(tmp_path):
 DATA_AND_METRIC_PLUGIN = '''
 import numpy as np
 from stbench import Metric, hookimpl
-from stbench.synthetic import SyntheticDataset
+from stbench.data.synthetic import SyntheticDataset
 
 @hookimpl
 def register_datasets(register):
@@ -170,7 +170,7 @@ def test_third_party_dataset_and_metric_reach_the_results(cli, tmp_path):
     ran = cli("--plugins-dir", str(d), "run", "-m", "mean", "-d", "mini", "--out", str(tmp_path / "o"))
     assert ran.exit_code == 0, ran.output
     (path,) = (tmp_path / "o" / "mean").glob("mini.strict.*.json")
-    from stbench.results import load_result
+    from stbench.report.results import load_result
     r = load_result(path)
     assert r.metrics["mae"] == {"higher_is_better": False, "per_gene": True, "label": "mae", "ranks": False,
                                 "top_genes": False, "spatial": False}

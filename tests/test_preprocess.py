@@ -6,7 +6,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from stbench.errors import DataError
-from stbench.preprocess import GeneSelection, harmonise, log_normalise, prepare_expression, select_genes
+from stbench.data.preprocess import GeneSelection, harmonise, log_normalise, prepare_expression, select_genes
 
 
 def slide(name, n=120, genes=None, seed=0, shift=0.0, zero_spots=0):

@@ -2,7 +2,7 @@ import io
 
 from rich.console import Console
 
-from stbench.progress import RichProgress
+from stbench.cli.progress import RichProgress
 
 
 def test_byte_tasks_show_sizes_and_counts_show_m_of_n():

@@ -2,7 +2,7 @@
 import re
 
 from stbench.report.leaderboard import load_all
-from stbench.results import config_hash
+from stbench.report.results import config_hash
 
 from conftest import REPO
 

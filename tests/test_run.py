@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from stbench.plugins import get_plugin_manager
-from stbench.results import load_result, unpack_floats
+from stbench.report.results import load_result, unpack_floats
 from stbench.runner import RunRequest, run
-from stbench.synthetic import SyntheticDataset
-from stbench import metrics as M
+from stbench.data.synthetic import SyntheticDataset
+from stbench.eval import metrics as M
 
 from conftest import run_stbench
 
@@ -107,6 +107,6 @@ def test_environment_records_the_torch_thread_count():
     """Training on CPU reproduces bit for bit only at the same torch thread count."""
     import torch
 
-    from stbench.results import environment
+    from stbench.report.results import environment
 
     assert environment("cpu")["torch_threads"] == torch.get_num_threads()

@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 
 from stbench.errors import DataError
-from stbench.stats import bootstrap_median_ci, paired_wilcoxon
+from stbench.eval.stats import bootstrap_median_ci, paired_wilcoxon
 
 
 def test_wilcoxon_matches_scipy_and_drops_nan_pairs():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from stbench.metrics import pearson
+from stbench.eval.metrics import pearson
 from stbench.nn.trainer import load_checkpoint, reference_split
 from stbench.options import build_options
-from stbench.synthetic import SyntheticDataset
+from stbench.data.synthetic import SyntheticDataset
 from stbench.testing import check_model, fit_tiny, tiny_fold
 from stbench_baselines.models import RandomKModel
 from stbench_stnet.model import STNet, dihedral_views

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stbench.errors import DataError
-from stbench.synthetic import SyntheticDataset
+from stbench.data.synthetic import SyntheticDataset
 from stbench.testing import tiny_dataset
 
 

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from stbench.thumbnail import decode_jpeg, encode_jpeg, patch_mosaic, tissue_thumbnail
+from stbench.report.thumbnail import decode_jpeg, encode_jpeg, patch_mosaic, tissue_thumbnail
 
 
 @pytest.fixture

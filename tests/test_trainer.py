@@ -5,7 +5,7 @@ import torch
 
 import pytest
 
-from stbench.loader import PatchDataset, make_loader
+from stbench.data.loader import PatchDataset, make_loader
 from stbench.nn.trainer import (SeededOrder, evaluate, fit, load_checkpoint, reference_split, save_checkpoint,
                                 split_spots)
 from stbench.testing import tiny_fold
