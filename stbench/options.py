@@ -39,7 +39,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if type(None) in args and isinstance(value, str) and value.lower() in ("none", "null", ""):
+        if type(None) in args and (value is None or isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):

@@ -48,6 +48,7 @@ class RunRequest:
     options: tuple[str, ...] = ()
     device: str = "auto"
     save_predictions: bool = True
+    save_models: str | None = None
 
 
 def _check_prediction(pred: Any, n_spots: int, n_genes: int, model: str, slide: str) -> np.ndarray:
@@ -106,6 +107,7 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     if out_dir is not None:
         target = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
         _check_writable(target.parent)
+    bundles = _bundle_folders(req, p["folds"])
     device = resolve_device(req.device)
     metrics = list(plugins.metrics.values())
     report = progress or (lambda *a, **k: None)
@@ -116,8 +118,8 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     with tempfile.TemporaryDirectory(prefix="stbench-") as scratch:
         for i, fold in enumerate(p["folds"]):
             report("folds", i, len(p["folds"]), fold=fold.name)
-            fold_records, fold_saved = run_fold(p, req, fold, metrics, device, Path(workdir or scratch) / f"fold{i}",
-                                                progress, keep)
+            fold_records, fold_saved = run_fold(plugins, p, req, fold, metrics, device,
+                                                Path(workdir or scratch) / f"fold{i}", progress, keep, bundles.get(fold.name))
             records += fold_records
             saved += fold_saved
         report("folds", len(p["folds"]), len(p["folds"]))
@@ -130,16 +132,36 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     return result, path
 
 
-def run_fold(p: dict[str, Any], req: RunRequest, fold: Any, metrics: list[Any], device: str, workdir: Path,
-             progress: Progress | None, keep_predictions: bool) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Prepare one fold, fit a fresh model on its reference slides, predict and score each query slide.
-    Returns the fold records and (with ``keep_predictions``) what the predictions file keeps."""
+def _bundle_folders(req: RunRequest, folds: list[Any]) -> dict[str, Path]:
+    """``--save-models DIR``: one bundle folder per fold, ``DIR/<fold name>``; refused before any training
+    when one exists already."""
+    if not req.save_models:
+        return {}
+    out = {f.name: Path(req.save_models) / f.name.replace("/", "_") for f in folds}
+    taken = [str(p) for p in out.values() if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    if taken:
+        raise StbenchError(f"bundle folder {taken[0]} already exists; choose another --save-models folder or delete it")
+    return out
+
+
+def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, metrics: list[Any], device: str,
+             workdir: Path, progress: Progress | None, keep_predictions: bool,
+             bundle: Path | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Prepare one fold, fit a fresh model on its reference slides (kept as a bundle in ``bundle`` when
+    given), predict and score each query slide. Returns the fold records and (with ``keep_predictions``)
+    what the predictions file keeps."""
     prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
     model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol, workdir=workdir,
                            progress=progress, dataset_info=prepared.info)
     t0 = time.perf_counter()
     model.fit(list(prepared.train), list(prepared.genes))
     fit_s = time.perf_counter() - t0
+    if bundle is not None:
+        from .bundle import save_bundle
+        from .train import bundle_manifest
+
+        save_bundle(model, bundle, bundle_manifest(plugins, req.model, p["options"], p["profile"], req.seed,
+                                                   req.protocol, p["dataset"], prepared))
     records, saved = [], []
     for query in prepared.queries:
         if query.expression is not None:

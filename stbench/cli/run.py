@@ -22,16 +22,18 @@ from .report import render_board
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--out", default=DEFAULT_RESULTS, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
 @click.option("--no-predictions", is_flag=True, help="Do not write the predictions file (figures and exports need it).")
+@click.option("--save-models", default=None, type=click.Path(file_okay=False),
+              help="Keep each fold's trained model as a bundle in DIR/<fold> (stbench predict applies it).")
 @click.pass_context
 def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str, seed: int,
-        options: tuple[str, ...], device: str, out: str, no_predictions: bool) -> None:
+        options: tuple[str, ...], device: str, out: str, no_predictions: bool, save_models: str | None) -> None:
     """Fit and score MODEL on every fold of DATASET; write one results file."""
     from ..runner import RunRequest, run as run_one
     from .progress import RichProgress
 
     plugins = _app(ctx).plugins
     req = RunRequest(model=model, dataset=dataset, folds=folds, protocol=protocol, seed=seed, options=options,
-                     device=device, save_predictions=not no_predictions)
+                     device=device, save_predictions=not no_predictions, save_models=save_models)
     console = _console()
     with RichProgress(console) as progress:
         result, path = run_one(plugins, req, out, progress=progress)
