@@ -22,11 +22,11 @@ import scipy.sparse as sp
 from PIL import Image
 
 from stbench.errors import DataError
-from stbench.readers.anndata_reader import AnnDataReader, grid_from_coordinates
-from stbench.readers.checks import (check_slide_adata, estimate_pixel_size, match_rate_check,
-                                    unique_gene_symbols)
-from stbench.readers.st_legacy import STLegacyReader
-from stbench.readers.visium import VisiumReader
+from stbench.data.readers.anndata_reader import AnnDataReader, grid_from_coordinates
+from stbench.data.readers import (check_slide_adata, estimate_pixel_size, match_rate_check,
+                                 unique_gene_symbols)
+from stbench.data.readers.st_legacy import STLegacyReader
+from stbench.data.readers.visium import VisiumReader
 
 from conftest import FIXTURES, HER2ST_MINI, SHARED_DATA, VISIUM_SR1
 
@@ -793,7 +793,7 @@ def test_readers_have_names_and_versions():
 
 
 def test_a_few_spots_outside_the_image_warn_many_raise(tmp_path, caplog):
-    from stbench.readers.checks import check_in_image
+    from stbench.data.readers.checks import check_in_image
 
     xy = np.array([[10.0, 10.0]] * 19 + [[500.0, 10.0]])
     check_in_image(xy, 1.0, (100, 100), tmp_path / "img.png", "slide S")

@@ -66,7 +66,7 @@ def median_pitch(pos: pd.DataFrame) -> float:
 
 
 def read(name):
-    from stbench.readers.visium import VisiumReader
+    from stbench.data.readers.visium import VisiumReader
 
     with pytest.warns(UserWarning, match="downsampled"):
         return VisiumReader().read_slide(FIXTURES, name)

@@ -1,7 +1,6 @@
 """Reader for slides already stored as AnnData files (``<slide>.h5ad``)."""
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,10 +9,11 @@ import numpy as np
 
 from ...errors import DataError
 from .base import SlideReader
-from .checks import (bool_param, check_in_image, check_params, check_slide_adata, image_size, one_line,
-                     positive_float_param, unique_gene_symbols)
-
-log = logging.getLogger("stbench")
+from .build import build_slide, counts_matrix, um_per_px_text, unique_gene_symbols
+from .checks import check_in_image
+from .geometry import grid_from_coordinates, image_size
+from .params import positive_float_param, read_params
+from .text import one_line
 
 PARAMS = {
     "image": "image path relative to the data folder (or absolute); default uns['stbench']['image_path']",
@@ -22,36 +22,6 @@ PARAMS = {
     "layer": "take raw counts from this layer instead of X",
     "check_bounds": "fail when spot centres lie outside the image (default true)",
 }
-
-
-def grid_index(values: np.ndarray, tol: float) -> np.ndarray:
-    """Dense rank of ``values`` after merging values closer than ``tol`` (consecutive, sorted) into one level."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="stable")
-    steps = np.diff(values[order]) > tol
-    levels = np.concatenate([[0], np.cumsum(steps)])
-    out = np.empty(len(values), dtype=np.int64)
-    out[order] = levels
-    return out
-
-
-def grid_from_coordinates(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(array_row, array_col) for spots without grid indices: ranks of y and x coordinate levels.
-
-    Coordinates within a quarter of the median nearest-neighbour distance count as one level, so a
-    regular (square or hex) lattice gets consecutive row/column numbers; on a rotated or irregular layout
-    they are only an ordering, not grid indices.
-    """
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(xy, dtype=float)
-    if len(xy) < 2:
-        return np.zeros(len(xy), np.int64), np.zeros(len(xy), np.int64)
-    dist, _ = cKDTree(xy).query(xy, k=2)
-    nn = dist[:, 1]
-    nn = nn[nn > 0]
-    tol = 0.25 * float(np.median(nn)) if len(nn) else 0.0
-    return grid_index(xy[:, 1], tol), grid_index(xy[:, 0], tol)
 
 
 class AnnDataReader(SlideReader):
@@ -80,28 +50,52 @@ class AnnDataReader(SlideReader):
 
     def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
                    params: dict[str, Any] | None = None) -> Any:
-        import anndata
         import pandas as pd
-        import scipy.sparse as sp
 
         folder = Path(folder)
         path = folder / f"{slide}.h5ad"
-        where = f"anndata slide '{slide}' ({path})"
-        params = check_params(params, PARAMS, where)
+        where = self.where(slide, path)
+        opts = read_params(params, PARAMS, where)
+        src = self._read_file(path, folder, where)
+        meta_in = src.uns.get("stbench", {})
+        meta_in = dict(meta_in) if isinstance(meta_in, dict) else {}
+        X = self._counts(src, opts.values.get("layer"), where)
+        xy = self._coordinates(src, where)
+        obs, grid = self._obs(src.obs, xy, slide, patient, where)
+        var = src.var.copy()
+        var.index = pd.Index(unique_gene_symbols(var.index, where))
+        image, scale = self._image(opts.values, meta_in, folder, where)
+        pixel_size = opts.pixel_size_um
+        if pixel_size is None:
+            pixel_size = positive_float_param({"pixel_size_um": meta_in.get("pixel_size_um")}, "pixel_size_um",
+                                              f"{where}: uns['stbench']")
+        if opts.check_bounds and np.isfinite(xy).all():
+            check_in_image(xy, float(scale), image_size(image, where), image, where)
+        return build_slide(
+            self, X=X, obs=obs, var=var, spatial=xy, image=image, image_scale=scale, pixel_size_um=pixel_size,
+            source_files=[str(path)], where=where, counts_file=path,
+            summary=f"(grid from {grid}; image {image.name}, scale {float(scale):.6g}; "
+                    f"{um_per_px_text(pixel_size)} um/px)")
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _read_file(path: Path, folder: Path, where: str) -> Any:
+        import anndata
+
         if not path.is_file():
             raise DataError(f"{where}: file {path} does not exist; save the slide as <slide>.h5ad in {folder}")
         try:
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*names are not unique.*")  # handled below
-                src = anndata.read_h5ad(path)
+                warnings.filterwarnings("ignore", message=".*names are not unique.*")  # handled by the caller
+                return anndata.read_h5ad(path)
         except Exception as e:  # noqa: BLE001
             raise DataError(one_line(f"{where}: cannot read {path} ({type(e).__name__}: {e}); "
                                      f"re-export it with AnnData.write_h5ad")) from None
-        meta_in = src.uns.get("stbench", {})
-        meta_in = dict(meta_in) if isinstance(meta_in, dict) else {}
 
-        # ---- counts
-        layer = params.get("layer")
+    @staticmethod
+    def _counts(src: Any, layer: str | None, where: str) -> Any:
+        """Raw counts (``X`` or params ``layer``) as CSR float32."""
         if layer is not None:
             if layer not in src.layers:
                 raise DataError(one_line(f"{where}: reader param layer '{layer}' is not a layer of the file "
@@ -111,17 +105,28 @@ class AnnDataReader(SlideReader):
             X = src.X
         if X is None:
             raise DataError(f"{where}: the file has no X; store raw counts in X or set params layer")
-        X = X.tocsr().astype(np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
+        return counts_matrix(X)
 
-        # ---- coordinates
+    @staticmethod
+    def _coordinates(src: Any, where: str) -> np.ndarray:
+        """``obsm['spatial']`` as a float64 (N, 2) array."""
+        import pandas as pd
+
         if "spatial" not in src.obsm:
             raise DataError(f"{where}: obsm['spatial'] is missing; store full-resolution (x, y) spot centres there")
         xy = src.obsm["spatial"]
         xy = np.asarray(xy.to_numpy() if isinstance(xy, pd.DataFrame) else xy, dtype=np.float64)
         if xy.ndim != 2 or xy.shape[1] != 2:
             raise DataError(f"{where}: obsm['spatial'] has shape {xy.shape}, expected (n_spots, 2) = (x, y)")
+        return xy
 
-        obs = src.obs.copy()
+    @staticmethod
+    def _obs(obs: Any, xy: np.ndarray, slide: str, patient: str | None, where: str) -> tuple[Any, str]:
+        """(the file's ``obs`` with integer ``array_row``/``array_col``, ``slide`` and ``patient``, where the
+        grid came from)."""
+        import pandas as pd
+
+        obs = obs.copy()
         if not obs.index.is_unique:
             raise DataError(one_line(f"{where}: spot names (obs_names) are not unique; make them unique before "
                                      f"saving (e.g. AnnData.obs_names_make_unique)"))
@@ -145,10 +150,11 @@ class AnnDataReader(SlideReader):
             obs["patient"] = obs["patient"].astype(str).astype(object)
         else:
             obs["patient"] = pd.Series(slide, index=obs.index, dtype=object)
-        var = src.var.copy()
-        var.index = pd.Index(unique_gene_symbols(var.index, where))
+        return obs, grid
 
-        # ---- image, scale, pixel size
+    @staticmethod
+    def _image(params: dict[str, Any], meta_in: dict[str, Any], folder: Path, where: str) -> tuple[Path, float]:
+        """(image path, image_scale) from params, else from the file's ``uns['stbench']``."""
         image_ref = params.get("image", meta_in.get("image_path"))
         if not isinstance(image_ref, str) or not image_ref:
             raise DataError(f"{where}: no image path; set params image (relative to {folder}) or "
@@ -160,26 +166,4 @@ class AnnDataReader(SlideReader):
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not (
                 np.isfinite(scale) and scale > 0):
             raise DataError(f"{where}: image_scale must be a positive number, got {scale!r}")
-        pixel_size = positive_float_param(params, "pixel_size_um", where)
-        if pixel_size is None:
-            pixel_size = positive_float_param({"pixel_size_um": meta_in.get("pixel_size_um")}, "pixel_size_um",
-                                              f"{where}: uns['stbench']")
-        if bool_param(params, "check_bounds", True, where) and np.isfinite(xy).all():
-            check_in_image(xy, float(scale), image_size(image, where), image, where)
-
-        adata = anndata.AnnData(X=X, obs=obs, var=var)
-        adata.obsm["spatial"] = xy
-        adata.uns["stbench"] = {
-            "image_path": str(image),
-            "image_scale": float(scale),
-            "pixel_size_um": pixel_size,
-            "reader": self.name,
-            "reader_version": self.version,
-            "source_files": [str(path)],
-            "n_zero_count_spots": int((np.asarray(X.sum(axis=1)).ravel() == 0).sum()),
-        }
-        check_slide_adata(adata, where, counts_file=path)
-        log.info("%s: read %d spots x %d genes (grid from %s; image %s, scale %.6g; %s um/px)", where,
-                 adata.n_obs, adata.n_vars, grid, image.name, float(scale),
-                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
-        return adata
+        return image, scale

@@ -1,7 +1,7 @@
 """The Reader interface: what a reader plugin registers.
 
-A reader turns one slide's files into an AnnData with this contract (``check_slide_adata``
-enforces it):
+A reader turns one slide's files into an AnnData with this contract (``check_slide_adata`` in
+:mod:`.checks` enforces it; :func:`.build.build_slide` assembles it):
 
 - ``X``: raw counts, spots x genes (scipy CSR or dense), non-negative;
 - ``obs_names``: unique spot barcodes; ``var_names``: unique gene symbols;
@@ -44,7 +44,16 @@ class SlideReader(Reader):
     @abstractmethod
     def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
                    params: dict[str, Any] | None = None) -> Any:
-        """Read ``slide`` from ``folder`` (the dataset's data folder) into an AnnData (see module doc)."""
+        """Read ``slide`` from ``folder`` (the dataset's data folder) into an AnnData (see module doc).
+
+        The built-in readers share their first and last steps: :func:`.params.read_params` checks
+        ``params``, :meth:`where` names the slide in every message, :func:`.build.build_slide` assembles
+        and checks the AnnData; ``read_slide`` itself does only what its file format needs.
+        """
+
+    def where(self, slide: str, path: Any = None) -> str:
+        """How messages about ``slide`` start: ``"<reader name> slide '<slide>'"``, then `` (<path>)``."""
+        return f"{self.name} slide '{slide}'" + ("" if path is None else f" ({path})")
 
     def make_dataset(self, entry: "DatasetEntry") -> "Dataset":
         from ..catalog_dataset import CatalogDataset

@@ -12,16 +12,17 @@ import numpy as np
 
 from ...errors import DataError
 from .base import SlideReader
-from .checks import (bool_param, check_in_image, check_params, check_slide_adata, estimate_pixel_size, glob_one,
-                     image_size, match_rate_check, matches_any, one_line, positive_float_param,
-                     unique_gene_symbols)
+from .build import build_slide, n_zero_count_spots, spot_obs, um_per_px_text, unique_gene_symbols
+from .checks import check_in_image, match_rate_check
+from .files import find_image
+from .geometry import estimate_pixel_size, image_size
+from .params import MIN_MATCH_RATE, pattern_param, read_params
+from .text import one_line
 
 log = logging.getLogger("stbench")
 
 SPOT_ID = re.compile(r"^\s*(-?\d+)x(-?\d+)\s*$")
-IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.btf")
 SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
-MIN_MATCH_RATE = 0.9
 LAYOUT = "ST-cnts/<S>.tsv.gz, ST-spotfiles/<S>_selection.tsv and ST-imgs/<P>/<S>/<image>.jpg"
 
 PARAMS = {
@@ -61,31 +62,44 @@ class STLegacyReader(SlideReader):
 
     def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
                    params: dict[str, Any] | None = None) -> Any:
-        import anndata
         import pandas as pd
-        import scipy.sparse as sp
 
         folder = Path(folder)
-        where = f"st-legacy slide '{slide}' ({folder})"
-        params = check_params(params, PARAMS, where)
-        pixel_size = positive_float_param(params, "pixel_size_um", where)
-        check_bounds = bool_param(params, "check_bounds", True, where)
-        min_rate = params.get("min_match_rate", MIN_MATCH_RATE)
-        if isinstance(min_rate, bool) or not isinstance(min_rate, (int, float)) or not 0 <= min_rate <= 1:
-            raise DataError(f"{where}: reader param min_match_rate must be a number in [0, 1], got {min_rate!r}")
+        where = self.where(slide, folder)
+        opts = read_params(params, PARAMS, where)
         if not (folder / "ST-cnts").is_dir() and (folder / "data" / "ST-cnts").is_dir():
             folder = folder / "data"
-        patient_id = patient or slide[:1]
-
         cnt_path = self._pick(folder / "ST-cnts", [f"{slide}.tsv.gz", f"{slide}.tsv"], "count file", where)
         spot_path = self._pick(folder / "ST-spotfiles", [f"{slide}_selection.tsv", f"{slide}_selection.tsv.gz"],
                                "spot file", where)
-        image = self._find_image(folder, slide, patient, params, where)
-
+        image = self._find_image(folder, slide, patient, opts.values, where)
         genes, spot_ids, X = self._read_counts(cnt_path, where)
         spots = self._read_spots(spot_path, where)
+        joined, X = self._join(spot_ids, X, spots, cnt_path, spot_path, opts.min_match_rate, where)
+        xy = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        if opts.check_bounds:
+            check_in_image(xy, 1.0, image_size(image, where), image, where)
+        pixel_size = opts.pixel_size_um
+        if pixel_size is None:
+            pixel_size = estimate_pixel_size(spots[["pixel_x", "pixel_y"]].to_numpy(float), spots["y"], spots["x"],
+                                             col_step=1, um_per_step=200.0, where=where)
+        n_zero = n_zero_count_spots(X)
+        if n_zero:
+            log.info("%s: %d spot(s) have no counts; kept (preprocessing drops them)", where, n_zero)
+        obs = spot_obs([f"{x}x{y}" for x, y in zip(joined["x"], joined["y"])], joined["y"], joined["x"], slide,
+                       patient or slide[:1])
+        return build_slide(
+            self, X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes)), spatial=xy, image=image, image_scale=1.0,
+            pixel_size_um=pixel_size, source_files=[str(cnt_path), str(spot_path)], where=where,
+            counts_file=cnt_path, summary=f"from {cnt_path.name} and {spot_path.name}; image {image.name}; "
+                                          f"{um_per_px_text(pixel_size)} um/px")
 
-        # ---- parse "{x}x{y}" row names and inner-join on (x, y)
+    @staticmethod
+    def _join(spot_ids: Any, X: Any, spots: Any, cnt_path: Path, spot_path: Path, min_rate: float, where: str):
+        """Parse the ``"{x}x{y}"`` row names and inner-join count rows to spot-file rows on (x, y): the joined
+        spot rows (in count-file order) and the matching rows of ``X``."""
+        import pandas as pd
+
         parsed = spot_ids.str.extract(SPOT_ID)
         bad = parsed[0].isna().to_numpy()
         if bad.any():
@@ -101,46 +115,12 @@ class STLegacyReader(SlideReader):
         matched = joined["row"].to_numpy()
         unmatched = np.setdiff1d(np.arange(len(cx)), matched)
         spot_keys = set(zip(spots["x"], spots["y"]))
-        match_rate_check(len(matched), len(cx), len(spots), where, min_rate=float(min_rate),
+        match_rate_check(len(matched), len(cx), len(spots), where, min_rate=min_rate,
                          counts_only=[spot_ids.iloc[i] for i in unmatched[:5]],
                          positions_only=[f"{x}x{y}" for x, y in sorted(spot_keys - set(zip(cx, cy)))[:5]],
                          counts_label=f"count file {cnt_path.name}",
                          positions_label=f"selected rows of {spot_path.name}")
-        X = X[matched]
-        xy = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
-        if check_bounds:
-            check_in_image(xy, 1.0, image_size(image, where), image, where)
-        if pixel_size is None:
-            pixel_size = estimate_pixel_size(spots[["pixel_x", "pixel_y"]].to_numpy(float), spots["y"], spots["x"],
-                                             col_step=1, um_per_step=200.0, where=where)
-
-        n_zero = int((np.asarray(X.sum(axis=1)).ravel() == 0).sum())
-        if n_zero:
-            log.info("%s: %d spot(s) have no counts; kept (preprocessing drops them)", where, n_zero)
-        barcodes = [f"{x}x{y}" for x, y in zip(joined["x"], joined["y"])]
-        obs = pd.DataFrame({
-            "array_row": joined["y"].to_numpy(np.int64),
-            "array_col": joined["x"].to_numpy(np.int64),
-            "slide": np.full(len(barcodes), slide, dtype=object),
-            "patient": np.full(len(barcodes), patient_id, dtype=object),
-        }, index=pd.Index(barcodes))
-        adata = anndata.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=obs,
-                                var=pd.DataFrame(index=pd.Index(genes)))
-        adata.obsm["spatial"] = xy
-        adata.uns["stbench"] = {
-            "image_path": str(image),
-            "image_scale": 1.0,
-            "pixel_size_um": None if pixel_size is None else float(pixel_size),
-            "reader": self.name,
-            "reader_version": self.version,
-            "source_files": [str(cnt_path), str(spot_path)],
-            "n_zero_count_spots": n_zero,
-        }
-        check_slide_adata(adata, where, counts_file=cnt_path)
-        log.info("%s: read %d spots x %d genes from %s and %s; image %s; %s um/px", where, adata.n_obs,
-                 adata.n_vars, cnt_path.name, spot_path.name, image.name,
-                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
-        return adata
+        return joined, X[matched]
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -163,20 +143,9 @@ class STLegacyReader(SlideReader):
                 raise DataError(one_line(f"{where}: image folder {tried[0]} does not exist; expected the her2st "
                                          f"layout {LAYOUT} (P = patient, default the slide id's first letter)"))
             img_dir = others[0]
-        if "image" in params:
-            pattern = params["image"]
-            if not isinstance(pattern, str) or not pattern:
-                raise DataError(f"{where}: reader param image must be a file name or glob, got {pattern!r}")
-            return glob_one(img_dir, pattern, what="image", where=where)
-        found = sorted(p for p in img_dir.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and matches_any(p.name, IMAGE_PATTERNS))
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise DataError(one_line(f"{where}: no image (*.jpg, *.png, *.tif) in {img_dir}; put the slide's H&E "
-                                     f"image there"))
-        raise DataError(one_line(f"{where}: several images in {img_dir} ({', '.join(p.name for p in found[:5])}); "
-                                 f"keep one or set params image"))
+        return find_image([img_dir], where, pattern=pattern_param(params, "image", where), exclude=(".*",),
+                          none=f"{where}: no image (*.jpg, *.png, *.tif) in {img_dir}; put the slide's H&E image there",
+                          several=f"{where}: several images in {img_dir} ({{names}}); keep one or set params image")
 
     @staticmethod
     def _read_counts(path: Path, where: str):
@@ -185,8 +154,6 @@ class STLegacyReader(SlideReader):
         Fast path: the numeric body is parsed in one call (``np.fromstring``), about 0.1 s for 190 x 15k;
         anything irregular falls back to ``pandas.read_csv`` (slower, but with precise errors).
         """
-        import io
-
         import pandas as pd
         import scipy.sparse as sp
 
@@ -212,35 +179,9 @@ class STLegacyReader(SlideReader):
         elif len(header) != n_genes:
             raise DataError(one_line(f"{where}: {path} has {len(header)} header cells but {n_genes} count columns; "
                                      f"expected an empty first header cell followed by one gene symbol per column"))
-        values = None
-        if all(b.count("\t") == n_genes - 1 for b in bodies):
-            joined = "\t".join(bodies)
-            for dtype in (np.int64, np.float64):
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # a partial parse is detected by its size
-                        parsed = np.fromstring(joined, dtype=dtype, sep="\t")
-                except Exception:  # noqa: BLE001
-                    continue
-                if parsed.size == len(bodies) * n_genes:
-                    values = parsed.reshape(len(bodies), n_genes).astype(np.float32)
-                    break
+        values = _parse_regular(bodies, n_genes)
         if values is None:  # irregular: let pandas find and name the problem
-            try:
-                df = pd.read_csv(io.StringIO(text), sep="\t", header=None, skiprows=1, index_col=0, dtype={0: str})
-            except Exception as e:  # noqa: BLE001
-                raise DataError(one_line(f"{where}: cannot parse count file {path} ({type(e).__name__}: {e}); "
-                                         f"expected a tab-separated table of raw counts, spots x genes")) from None
-            if df.shape[1] != n_genes:
-                raise DataError(one_line(f"{where}: rows of {path} have different numbers of fields; "
-                                         f"re-download the file"))
-            non_numeric = [c for c, t in zip(df.columns, df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
-            if non_numeric:
-                gene = header[df.columns.get_loc(non_numeric[0])]
-                raise DataError(one_line(f"{where}: {path} has non-numeric counts (gene column {gene!r}); "
-                                         f"expected raw counts, spots x genes"))
-            ids = [str(i).strip() for i in df.index]
-            values = df.to_numpy(dtype=np.float32)
+            ids, values = _parse_irregular(text, path, header, n_genes, where)
         if not np.isfinite(values).all():
             raise DataError(one_line(f"{where}: {path} has missing or infinite counts; expected raw counts"))
         genes = unique_gene_symbols(header, f"{where}: {path.name}")
@@ -277,3 +218,44 @@ class STLegacyReader(SlideReader):
                         int(dup.sum()), path.name)
             spots = spots[~dup]
         return spots[list(SPOT_COLUMNS)].reset_index(drop=True)
+
+
+def _parse_regular(bodies: list[str], n_genes: int) -> np.ndarray | None:
+    """The count rows (tab-separated numbers, ``n_genes`` per row) parsed in one call (``np.fromstring``);
+    None when they are not all numbers."""
+    if not all(b.count("\t") == n_genes - 1 for b in bodies):
+        return None
+    joined = "\t".join(bodies)
+    for dtype in (np.int64, np.float64):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a partial parse is detected by its size
+                parsed = np.fromstring(joined, dtype=dtype, sep="\t")
+        except Exception:  # noqa: BLE001
+            continue
+        if parsed.size == len(bodies) * n_genes:
+            return parsed.reshape(len(bodies), n_genes).astype(np.float32)
+    return None
+
+
+def _parse_irregular(text: str, path: Path, header: list[str], n_genes: int,
+                     where: str) -> tuple[list[str], np.ndarray]:
+    """(spot ids, counts) of a count table that :func:`_parse_regular` could not read, parsed by pandas,
+    whose errors name the problem."""
+    import io
+
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.StringIO(text), sep="\t", header=None, skiprows=1, index_col=0, dtype={0: str})
+    except Exception as e:  # noqa: BLE001
+        raise DataError(one_line(f"{where}: cannot parse count file {path} ({type(e).__name__}: {e}); "
+                                 f"expected a tab-separated table of raw counts, spots x genes")) from None
+    if df.shape[1] != n_genes:
+        raise DataError(one_line(f"{where}: rows of {path} have different numbers of fields; re-download the file"))
+    non_numeric = [c for c, t in zip(df.columns, df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
+    if non_numeric:
+        gene = header[df.columns.get_loc(non_numeric[0])]
+        raise DataError(one_line(f"{where}: {path} has non-numeric counts (gene column {gene!r}); "
+                                 f"expected raw counts, spots x genes"))
+    return [str(i).strip() for i in df.index], df.to_numpy(dtype=np.float32)

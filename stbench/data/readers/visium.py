@@ -12,9 +12,12 @@ import numpy as np
 
 from ...errors import DataError
 from .base import SlideReader
-from .checks import (bool_param, check_in_image, check_params, check_slide_adata, estimate_pixel_size,
-                     find_by_suffix, glob_one, image_size, match_rate_check, matches_any, one_line,
-                     positive_float_param, unique_gene_symbols)
+from .build import build_slide, spot_obs, um_per_px_text, unique_gene_symbols
+from .checks import check_in_image, match_rate_check
+from .files import IMAGE_PATTERNS, find_by_suffix, find_image, list_files
+from .geometry import estimate_pixel_size, image_size
+from .params import MIN_MATCH_RATE, choice_param, pattern_param, read_params
+from .text import one_line
 
 log = logging.getLogger("stbench")
 
@@ -27,12 +30,10 @@ BARCODE_SUFFIXES = ("barcodes.tsv", "barcodes.tsv.gz")
 FEATURE_SUFFIXES = ("features.tsv", "features.tsv.gz", "genes.tsv", "genes.tsv.gz")
 SCALEFACTOR_SUFFIXES = ("scalefactors_json.json", "scalefactors_json.json.gz")
 HIRES_SUFFIXES = ("tissue_hires_image.png",)
-IMAGE_PATTERNS = ("*.tif", "*.tiff", "*.btf", "*.jpg", "*.jpeg", "*.png")
 # Space Ranger's own downsampled / QC images: never the full-resolution H&E.
 NOT_FULLRES = ("*tissue_*_image.png", "*aligned_fiducials.jpg", "*detected_tissue_image.jpg",
                "*aligned_tissue_image.jpg", "*cytassist_image.tif*", "*spot_*.png")
 LAYOUTS = ("per-slide", "flat")
-MIN_MATCH_RATE = 0.9
 
 PARAMS = {
     "layout": '"per-slide" (default: folder/<slide>/) or "flat" (folder itself)',
@@ -92,24 +93,12 @@ class VisiumReader(SlideReader):
 
     def read_slide(self, folder: Path, slide: str, *, patient: str | None = None,
                    params: dict[str, Any] | None = None) -> Any:
-        import anndata
-        import pandas as pd
-        import scipy.sparse as sp
-
         folder = Path(folder)
-        where0 = f"visium slide '{slide}'"
-        params = check_params(params, PARAMS, where0)
-        layout = params.get("layout", "per-slide")
-        if layout not in LAYOUTS:
-            raise DataError(f"{where0}: reader param layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        min_rate = params.get("min_match_rate", MIN_MATCH_RATE)
-        if isinstance(min_rate, bool) or not isinstance(min_rate, (int, float)) or not 0 <= min_rate <= 1:
-            raise DataError(f"{where0}: reader param min_match_rate must be a number in [0, 1], got {min_rate!r}")
-        pixel_size = positive_float_param(params, "pixel_size_um", where0)
-        check_bounds = bool_param(params, "check_bounds", True, where0)
-
+        where0 = self.where(slide)  # until the slide folder is known
+        opts = read_params(params, PARAMS, where0)
+        layout = choice_param(opts.values, "layout", LAYOUTS, where0)
         slide_dir, extra_image_dirs = self._slide_dir(folder, slide, layout, where0)
-        where = f"visium slide '{slide}' ({slide_dir})"
+        where = self.where(slide, slide_dir)
         name_filter = slide if layout == "flat" else None
         spatial_dir = slide_dir / "spatial"
         pos_path = find_by_suffix(
@@ -120,8 +109,35 @@ class VisiumReader(SlideReader):
         positions, fmt = self._read_positions(pos_path, where)
         counts, count_files = self._read_counts(slide_dir, where, name_filter)
         source_files = [str(pos_path), *map(str, count_files)]
+        barcodes, in_tissue = self._join(positions, counts, pos_path, count_files, opts.min_match_rate, where)
+        counts = counts[barcodes].copy()
+        pos = positions.loc[barcodes]
+        xy = np.column_stack([pos["pxl_col_in_fullres"].to_numpy(float), pos["pxl_row_in_fullres"].to_numpy(float)])
 
-        # ---- join: in-tissue positions x count barcodes
+        image, scale, sf_path = self._find_image(slide, slide_dir, extra_image_dirs, spatial_dir, opts.values, where,
+                                                 name_filter)
+        if sf_path is not None:
+            source_files.append(str(sf_path))
+        if opts.check_bounds:
+            check_in_image(xy, scale, image_size(image, where), image, where)
+        pixel_size = opts.pixel_size_um
+        if pixel_size is None:  # all positions: more neighbour pairs than the in-tissue spots alone
+            pixel_size = estimate_pixel_size(
+                np.column_stack([positions["pxl_col_in_fullres"], positions["pxl_row_in_fullres"]]),
+                positions["array_row"], positions["array_col"], col_step=2, um_per_step=100.0, where=where)
+        return build_slide(
+            self, X=counts.X, obs=spot_obs(barcodes.astype(str), pos["array_row"], pos["array_col"], slide,
+                                           patient or slide),
+            var=counts.var.copy(), spatial=xy, image=image, image_scale=scale, pixel_size_um=pixel_size,
+            source_files=source_files, where=where, counts_file=", ".join(map(str, count_files)),
+            extra_uns={"positions_format": fmt, "n_spots_in_tissue": int(len(in_tissue))},
+            summary=f"(positions {pos_path.name}, {fmt}; image {image.name}, scale {scale:.6g}; "
+                    f"{um_per_px_text(pixel_size)} um/px)")
+
+    @staticmethod
+    def _join(positions: Any, counts: Any, pos_path: Path, count_files: list[Path], min_rate: float, where: str):
+        """(Barcodes of the count spots that are in tissue and have a position, barcodes of all in-tissue
+        positions). Off-tissue count barcodes are dropped; the match rate is checked."""
         if not positions.index.is_unique:
             dups = positions.index[positions.index.duplicated()].unique()
             raise DataError(one_line(f"{where}: barcode(s) {', '.join(map(str, dups[:3]))} appear more than once "
@@ -144,56 +160,10 @@ class VisiumReader(SlideReader):
                                      f"in {pos_path}; check that the positions file belongs to this slide"))
         keep = candidates.isin(in_tissue)
         match_rate_check(int(keep.sum()), len(candidates), len(in_tissue), where,
-                         min_rate=float(min_rate), counts_only=list(candidates[~keep][:5]),
+                         min_rate=min_rate, counts_only=list(candidates[~keep][:5]),
                          positions_only=list(in_tissue[~in_tissue.isin(bc)][:5]),
                          counts_label=f"count matrix {count_files[0].name}", positions_label=pos_path.name)
-        barcodes = candidates[keep]
-        counts = counts[barcodes].copy()
-        pos = positions.loc[barcodes]
-        xy = np.column_stack([pos["pxl_col_in_fullres"].to_numpy(float), pos["pxl_row_in_fullres"].to_numpy(float)])
-
-        # ---- image
-        image, scale, sf_path = self._find_image(slide, slide_dir, extra_image_dirs, spatial_dir, params, where,
-                                                 name_filter)
-        if sf_path is not None:
-            source_files.append(str(sf_path))
-        if check_bounds:
-            check_in_image(xy, scale, image_size(image, where), image, where)
-
-        # ---- pixel size (all positions: more neighbour pairs than the in-tissue spots alone)
-        if pixel_size is None:
-            pixel_size = estimate_pixel_size(
-                np.column_stack([positions["pxl_col_in_fullres"], positions["pxl_row_in_fullres"]]),
-                positions["array_row"], positions["array_col"], col_step=2, um_per_step=100.0, where=where)
-
-        X = counts.X
-        X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-        n_zero = int((np.asarray(X.sum(axis=1)).ravel() == 0).sum())
-        obs = {
-            "array_row": pos["array_row"].to_numpy(np.int64),
-            "array_col": pos["array_col"].to_numpy(np.int64),
-            "slide": np.full(len(barcodes), slide, dtype=object),
-            "patient": np.full(len(barcodes), patient or slide, dtype=object),
-        }
-        adata = anndata.AnnData(X=X, obs=pd.DataFrame(obs, index=pd.Index(barcodes.astype(str), name=None)),
-                                var=counts.var.copy())
-        adata.obsm["spatial"] = xy
-        adata.uns["stbench"] = {
-            "image_path": str(image),
-            "image_scale": float(scale),
-            "pixel_size_um": None if pixel_size is None else float(pixel_size),
-            "reader": self.name,
-            "reader_version": self.version,
-            "source_files": source_files,
-            "positions_format": fmt,
-            "n_spots_in_tissue": int(len(in_tissue)),
-            "n_zero_count_spots": n_zero,
-        }
-        check_slide_adata(adata, where, counts_file=", ".join(map(str, count_files)))
-        log.info("%s: read %d spots x %d genes (positions %s, %s; image %s, scale %.6g; %s um/px)", where,
-                 adata.n_obs, adata.n_vars, pos_path.name, fmt, image.name, scale,
-                 "unknown" if pixel_size is None else f"{pixel_size:.4g}")
-        return adata
+        return candidates[keep], in_tissue
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -326,37 +296,30 @@ class VisiumReader(SlideReader):
             var["feature_types"] = features[2].to_numpy()[keep]
         return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes.to_numpy())), var=var)
 
-    @staticmethod
-    def _find_image(slide: str, slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path,
+    @classmethod
+    def _find_image(cls, slide: str, slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path,
                     params: dict[str, Any], where: str, name_filter: str | None) -> tuple[Path, float, Path | None]:
-        if "image" in params:
-            pattern = params["image"]
-            if not isinstance(pattern, str) or not pattern:
-                raise DataError(f"{where}: reader param image must be a file name or glob, got {pattern!r}")
-            pattern = pattern.replace("{slide}", slide)
-            return glob_one(slide_dir, pattern, what="image", where=where), 1.0, None
+        """(image, image_scale, scale factors file or None): params image, else the one full-resolution image in
+        the slide folder, else the hires image of ``spatial/`` with a warning."""
+        pattern = pattern_param(params, "image", where)
         dirs = [slide_dir, *extra_dirs]
-        found: list[Path] = []
-        zipped: list[Path] = []
-        for d in dirs:
-            for p in sorted(d.iterdir()):
-                if not p.is_file() or matches_any(p.name, NOT_FULLRES):
-                    continue
-                if matches_any(p.name, IMAGE_PATTERNS):
-                    found.append(p)
-                elif p.name.lower().endswith(".gz") and matches_any(p.name[:-3], IMAGE_PATTERNS):
-                    zipped.append(p)
-        if len(found) > 1 and name_filter:
-            found = [p for p in found if name_filter.lower() in p.name.lower()] or found
-        if len(found) == 1:
-            return found[0], 1.0, None
-        if len(found) > 1:
-            names = ", ".join(p.name for p in found[:5])
-            raise DataError(one_line(f"{where}: several candidate full-resolution images ({names}); "
-                                     f"set params image to the one to use"))
+        image = find_image(dirs, where, pattern=None if pattern is None else pattern.replace("{slide}", slide),
+                           exclude=NOT_FULLRES, name_filter=name_filter, none=None,
+                           several=f"{where}: several candidate full-resolution images ({{names}}); "
+                                   f"set params image to the one to use")
+        if image is not None:
+            return image, 1.0, None
+        zipped = list_files(dirs, [p + ".gz" for p in IMAGE_PATTERNS], exclude=NOT_FULLRES)
         if zipped:
             raise DataError(one_line(f"{where}: the full-resolution image {zipped[0]} is gzipped; "
                                      f"decompress it (gunzip -k) so that it can be read"))
+        return cls._hires_image(slide_dir, spatial_dir, where, name_filter)
+
+    @staticmethod
+    def _hires_image(slide_dir: Path, spatial_dir: Path, where: str,
+                     name_filter: str | None) -> tuple[Path, float, Path]:
+        """Space Ranger's ``tissue_hires_image.png`` and its scale from ``scalefactors_json.json``, with a warning
+        that patches will be cut from a downsampled image."""
         hires = find_by_suffix([spatial_dir, slide_dir], HIRES_SUFFIXES, what="hires image", where=where,
                                required=False, name_filter=name_filter)
         if hires is None:
@@ -381,8 +344,8 @@ class VisiumReader(SlideReader):
             raise _read_error(sf, e, "scale factors file") from None
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise DataError(one_line(f"{where}: tissue_hires_scalef in {sf} is {scale!r}, expected a number in (0, 1]"))
-        warnings.warn(one_line(
+        warnings.warn(one_line(  # stacklevel: the caller of read_slide
             f"{where}: no full-resolution image in {slide_dir}; patches will be cut from the downsampled "
             f"{hires.name} (scale {scale:g}); put the full-resolution H&E there or set params image"),
-            UserWarning, stacklevel=3)
+            UserWarning, stacklevel=4)
         return hires, float(scale), sf
