@@ -6,7 +6,7 @@ grid), ``checks`` (the contract check and the data checks), ``build`` (assemblin
 ``text`` (one-line messages). The built-in readers are ``visium``, ``st_legacy`` and ``anndata_reader``.
 The names below are also importable from the 0.1 path ``stbench.readers.checks``.
 """
-from ...errors import DataError
+from ...errors import DataError, did_you_mean
 from .base import Reader, SlideReader
 from .build import build_slide, counts_matrix, n_zero_count_spots, spot_obs, unique_gene_symbols
 from .checks import STBENCH_UNS_KEYS, check_in_image, check_slide_adata, match_rate_check
@@ -17,7 +17,7 @@ from .params import (MIN_MATCH_RATE, ReadParams, bool_param, check_params, choic
 from .text import one_line, shown
 
 __all__ = [
-    "Reader", "SlideReader", "DataError",
+    "Reader", "SlideReader", "DataError", "did_you_mean",
     "build_slide", "counts_matrix", "n_zero_count_spots", "spot_obs", "unique_gene_symbols",
     "STBENCH_UNS_KEYS", "check_in_image", "check_slide_adata", "match_rate_check",
     "IMAGE_PATTERNS", "exactly_one", "find_by_suffix", "find_image", "glob_one", "list_files", "matches_any",
