@@ -117,7 +117,7 @@ def _positive(value: Any) -> bool:
 def uns_problem(meta: Any) -> str | None:
     """``uns['stbench']``: the keys of :data:`STBENCH_UNS_KEYS`, each of its type."""
     if not isinstance(meta, Mapping):
-        return "uns['stbench'] is missing; see stbench/readers/base.py for its keys"
+        return "uns['stbench'] is missing; see stbench/data/readers/base.py for its keys"
     missing = [k for k in STBENCH_UNS_KEYS if k not in meta]
     if missing:
         return f"uns['stbench'] lacks key(s) {', '.join(missing)}"
