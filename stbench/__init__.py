@@ -3,12 +3,14 @@
 Importing stbench is cheap: no torch, no plugin loading, no network. The names a plugin author
 needs are importable from here: ``hookimpl``, ``Model``, ``ModelCard``, ``SlidePatches``,
 ``Metric``, ``Dataset``, ``Fold``, ``PreparedFold``, ``Reader``, ``StbenchError`` and ``option``
-(an Options field with a declared range).
+(an Options field with a declared range). The Python API (docs/api.md), imported on first use:
+``stbench.run``, ``stbench.train``, ``stbench.load`` and ``stbench.evaluate``.
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _compat
+from typing import Any
 
+from . import _compat
 from .dataset import Dataset, Fold, PreparedFold
 from .errors import StbenchError
 from .hookspecs import hookimpl
@@ -25,5 +27,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 _compat.install()
 
-__all__ = ["__version__", "hookimpl", "Model", "ModelCard", "SlidePatches", "Metric", "Dataset", "Fold",
+_API = ("run", "train", "load", "evaluate")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'stbench' has no attribute {name!r}")
+
+
+__all__ = [*_API, "__version__", "hookimpl", "Model", "ModelCard", "SlidePatches", "Metric", "Dataset", "Fold",
            "PreparedFold", "Reader", "StbenchError", "option"]

@@ -158,7 +158,7 @@ def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, me
     fit_s = time.perf_counter() - t0
     if bundle is not None:
         from .bundle import save_bundle
-        from .train import bundle_manifest
+        from .training import bundle_manifest
 
         save_bundle(model, bundle, bundle_manifest(plugins, req.model, p["options"], p["profile"], req.seed,
                                                    req.protocol, p["dataset"], prepared))

@@ -42,9 +42,9 @@ def test_the_tree_reads_like_the_pipeline():
     for folder in ("data", "data/readers", "data/fetch", "data/patches", "nn", "eval", "report", "report/leaderboard", "cli"):
         assert (REPO / "stbench" / folder / "__init__.py").is_file(), folder
     flat = sorted(p.stem for p in (REPO / "stbench").glob("*.py"))
-    assert flat == ["__init__", "__main__", "_compat", "atomic", "bench", "builtin", "bundle", "dataset", "errors",
-                    "extras", "hookspecs", "metric", "model", "options", "plugins", "registry", "runner", "slide",
-                    "testing", "train"]
+    assert flat == ["__init__", "__main__", "_compat", "api", "atomic", "bench", "builtin", "bundle", "dataset",
+                    "errors", "extras", "hookspecs", "metric", "model", "options", "plugins", "registry", "runner",
+                    "slide", "testing", "training"]
 
 
 def _sources():

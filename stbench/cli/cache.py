@@ -14,7 +14,7 @@ def cache() -> None:
     """Inspect, verify or clear the cache (STBENCH_CACHE): patches, prepared matrices, features, weights."""
 
 
-_KIND_HELP = "Comma list of patches, prepared, features, weights [default: all]."
+_KIND_HELP = "Comma list of patches, prepared, features, weights, images [default: all]."
 
 
 def _kind_list(kind: str | None) -> list[str] | None:

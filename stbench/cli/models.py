@@ -20,7 +20,7 @@ from .app import _app, _console, cli
 def train(ctx: click.Context, model: str, dataset: str, slides: str, protocol: str, seed: int,
           options: tuple[str, ...], device: str, out: str) -> None:
     """Train MODEL on slides of DATASET (same preprocessing as `run`) and write a bundle to OUT."""
-    from ..train import TrainRequest, train as train_one
+    from ..training import TrainRequest, train as train_one
     from .progress import RichProgress
 
     req = TrainRequest(model=model, dataset=dataset, slides=tuple(s.strip() for s in slides.split(",") if s.strip()),

@@ -5,7 +5,9 @@ Kinds of cached file, each in its own folder under the cache root:
 - ``patches/<dataset>/<slide>/<spec>.h5``: the HDF5 patch cache (built under ``<file>.lock``);
 - ``prepared/<dataset>/<key>.h5``: preprocessed expression matrices per fold and protocol;
 - ``features/<encoder>/<...>.h5``: frozen-encoder features (built under ``<file>.lock``);
-- ``weights/<file>``: downloaded encoder weights (sha256 recorded beside them at download).
+- ``weights/<file>``: downloaded encoder weights (sha256 recorded beside them at download);
+- ``images/<hash>.png``: images that lived only in memory (``uns['spatial']`` of an AnnData), named by
+  the hash of their pixels.
 
 A file's *key* is its path under its kind's folder without the extension (``her2st/C3/256px-native``);
 ``clear --pattern`` matches the key, its folder, or ``<kind>/<key>``. Temporaries left by killed
@@ -62,6 +64,18 @@ def verify_h5(path: Path) -> str | None:
     return None
 
 
+def verify_png(path: Path) -> str | None:
+    """Decode the whole image (PNG's CRCs and zlib streams fail on damage)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:
+        return f"unreadable: {type(e).__name__}"
+    return None
+
+
 def verify_weights(path: Path) -> str | None:
     from .fetch import sha256_of
 
@@ -78,6 +92,7 @@ KINDS: dict[str, Kind] = {
     "prepared": Kind("prepared", ".h5", False, verify_h5),
     "features": Kind("features", ".h5", True, verify_h5),
     "weights": Kind("weights", "", False, verify_weights),
+    "images": Kind("images", ".png", False, verify_png),
 }
 _SIDECARS = (".lock", ".sha256")
 

@@ -100,6 +100,11 @@ class CatalogDataset(Dataset):
             return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
         return root
 
+    def slide_identity(self, slide: str) -> Any:
+        """What identifies a slide's data for the prepared-matrix cache: its source files' names, sizes and
+        modification times."""
+        return [_file_identity(f) for f in self.read(slide).uns["stbench"]["source_files"]]
+
     def image_of(self, slide: str) -> tuple[str, float]:
         meta = self.read(slide).uns["stbench"]
         return str(meta["image_path"]), float(meta.get("image_scale", 1.0))
@@ -109,7 +114,7 @@ class CatalogDataset(Dataset):
             "reader": [self.reader.name, self.reader.version], "params": dict(self.entry.params),
             "genes": dict(self.entry.genes), "harmony": self.entry.harmony, "protocol": protocol,
             "reference": list(fold.reference), "query": list(fold.query), "version": PREPROCESS_VERSION,
-            "files": {s: [_file_identity(f) for f in self.read(s).uns["stbench"]["source_files"]] for s in patch_barcodes},
+            "files": {s: self.slide_identity(s) for s in patch_barcodes},
             "spots": {s: hashlib.sha256("\n".join(b).encode()).hexdigest() for s, b in patch_barcodes.items()},
         })
 
