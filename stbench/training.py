@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .bundle import data_sha256, save_bundle
+from .bundle import data_sha256, read_manifest, save_bundle
 from .dataset import Fold, PreparedFold, check_protocol
 from .errors import DataError, did_you_mean
 from .options import build_options, check_seed, options_dict
@@ -82,4 +82,5 @@ def train(plugins: Plugins, req: TrainRequest, out: str | Path | None = None, pr
     manifest = bundle_manifest(plugins, req.model, options, profile, req.seed, req.protocol, dataset, prepared)
     if out is not None:
         save_bundle(model, out, manifest)
+        manifest = read_manifest(out)
     return model, manifest
