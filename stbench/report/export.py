@@ -137,13 +137,24 @@ def _uns_stbench(slide: SlidePredictions, result: RunResult | None) -> dict[str,
     return info
 
 
+def spatial_library(hires: np.ndarray | None, hires_scale: float, spot_diameter_fullres: float, *,
+                    lowres: np.ndarray | None = None, lowres_scale: float | None = None,
+                    metadata: dict[str, object] | None = None) -> dict[str, object]:
+    """scanpy/squidpy ``uns['spatial'][library_id]``: ``images`` (``hires``, and ``lowres`` when given),
+    ``scalefactors`` (``tissue_<key>_scalef`` maps full-resolution pixel coordinates onto each image,
+    ``spot_diameter_fullres``) and ``metadata``. With no image, plot with ``img_key=None``."""
+    images = {} if hires is None else {"hires": np.asarray(hires, dtype=np.uint8)}
+    scalefactors = {"tissue_hires_scalef": float(hires_scale), "spot_diameter_fullres": float(spot_diameter_fullres)}
+    if lowres is not None:
+        images["lowres"] = np.asarray(lowres, dtype=np.uint8)
+        scalefactors["tissue_lowres_scalef"] = float(lowres_scale if lowres_scale is not None else hires_scale)
+    return {"images": images, "scalefactors": scalefactors,
+            "metadata": {"source": "stbench", "coordinates": "full-resolution pixels, x = column, y = row",
+                         **(metadata or {})}}
+
+
 def _spatial(slide: SlidePredictions) -> dict[str, object]:
-    """scanpy/squidpy ``uns['spatial'][library_id]``; with no thumbnail, plot with ``img_key=None``."""
-    images = {} if slide.thumbnail is None else {"hires": np.asarray(slide.thumbnail, dtype=np.uint8)}
-    return {"images": images,
-            "scalefactors": {"tissue_hires_scalef": float(slide.thumbnail_scale),
-                             "spot_diameter_fullres": float(slide.spot_diameter_px)},
-            "metadata": {"source": "stbench", "coordinates": "full-resolution pixels, x = column, y = row"}}
+    return spatial_library(slide.thumbnail, slide.thumbnail_scale, slide.spot_diameter_px)
 
 
 def to_anndata(slide: SlidePredictions, result: RunResult | None = None) -> "anndata.AnnData":
