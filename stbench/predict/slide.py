@@ -13,9 +13,10 @@ Pixel-size rules (:func:`slide_pixel_size`, :func:`patch_spec`):
 - patches are resampled to the bundle's pixel size (``PatchSpec(patch_px, target_um_per_px=bundle)``,
   ``source_um_per_px`` = the slide's) when the two differ by more than :data:`RESAMPLE_TOLERANCE`, and
   cut at native resolution otherwise: training cut every slide at its own native resolution, and
-  estimates for sections of one scanner already spread this much (her2st C2-C6: 0.669-0.713 um/px, mean
-  of C2-C5 0.702), so resampling inside that spread would only blur the patches and move them away from
-  what the model was trained on. A bundle without a pixel size is always cut at native resolution.
+  pitch estimates for sections of one scanner spread by a few percent (her2st C2-C6: 0.682-0.693 um/px
+  from all spots, 0.669-0.713 from the 30-spot test crops, whose C2-C5 mean is 0.702), so resampling
+  inside that spread would only blur the patches and move them away from what the model was trained on.
+  A bundle without a pixel size is always cut at native resolution.
 """
 from __future__ import annotations
 
