@@ -47,19 +47,27 @@ def plugins():
 @pytest.fixture(scope="module")
 def c6_fold(her2st_mini_env, tmp_path_factory):
     """A heclip bundle trained on C2-C5, `stbench predict` of C6 with it, and `stbench run --folds C6` with
-    the same options and seed; all under one torch thread (training repeats bit for bit per thread count)."""
+    the same options and seed; each under one torch thread (training repeats bit for bit per thread count).
+    Both folds are prepared first: preparing expression (Harmony) can leave the process at more threads."""
     import torch
 
+    from stbench.dataset import Fold
+
+    dataset = plugins().datasets.get("her2st_mini_HVG")
+    for fold in (dataset.folds("C6")[0], Fold("train", ("C2", "C3", "C4", "C5"), ())):
+        dataset.prepare(fold, "strict")
     tmp = tmp_path_factory.mktemp("predict")
+    jpeg, spots = c6_files(her2st_mini_env)
+    out = tmp / "c6.h5ad"
+    opts = [a for o in TINY_HECLIP for a in ("-o", o)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)
         bundle = train(tmp / "bundle", "heclip", TINY_HECLIP)
-        jpeg, spots = c6_files(her2st_mini_env)
-        out = tmp / "c6.h5ad"
+        torch.set_num_threads(1)
         predicted = invoke("predict", str(bundle), "--image", str(jpeg), "--positions", str(spots), "--out", str(out))
         assert predicted.exit_code == 0, predicted.output
-        opts = [a for o in TINY_HECLIP for a in ("-o", o)]
+        torch.set_num_threads(1)
         ran = invoke(*CAT, "run", "--model", "heclip", "--dataset", "her2st_mini_HVG", "--folds", "C6", *opts,
                      "--out", str(tmp / "res"), "--no-predictions")
         assert ran.exit_code == 0, ran.output
@@ -109,6 +117,23 @@ def test_predict_reproduces_the_runs_fold(c6_fold):
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6, equal_nan=True)
     assert np.nanmean(ours) == pytest.approx(result.summary["pearson"]["mean"], abs=1e-7)
+
+
+def test_a_tiled_tiff_gives_the_same_predictions(c6_fold, tmp_path):
+    """The same pixels as a tiled TIFF (read by window, tile by tile): the same patches and predictions."""
+    import anndata
+    import tifffile
+
+    pixels = np.asarray(Image.open(c6_fold["jpeg"]).convert("RGB"))
+    tiff = tmp_path / "C6.tif"
+    tifffile.imwrite(tiff, pixels, tile=(256, 256), photometric="rgb", compression="zlib")
+    out = tmp_path / "tiff.h5ad"
+    result = invoke("predict", str(c6_fold["bundle"]), "--image", str(tiff), "--positions", str(c6_fold["spots"]),
+                    "--library-id", "C6", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    got, want = anndata.read_h5ad(out), anndata.read_h5ad(c6_fold["out"])
+    assert list(got.uns["spatial"]) == ["C6"] and list(got.obs_names) == list(want.obs_names)
+    np.testing.assert_array_equal(got.X, want.X)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
@@ -207,7 +232,7 @@ def test_a_slide_at_another_resolution_needs_pixel_size_and_is_resampled(her2st_
     adata = anndata.read_h5ad(out)
     bundle_um = read_manifest(mean_bundle)["input"]["pixel_size_um"]
     assert adata.uns["stbench"]["resampled"] and adata.n_obs == SPOTS
-    (patch_file,) = (her2st_mini_env / "cache" / "patches" / slide_key(image)).glob("*.h5")
+    (patch_file,) = (her2st_mini_env / "cache" / "patches" / slide_key(image)).rglob("*.h5")
     assert patch_file.name == f"256px-{bundle_um:.3f}um.h5"
     with h5py.File(patch_file, "r") as f:
         crop = int(f.attrs["crop_px"])

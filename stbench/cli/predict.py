@@ -17,7 +17,8 @@ from .app import _app, _console, cli
                    "with a header naming pixel_x,pixel_y (her2st *_selection.tsv) or x,y pixel centres.")
 @click.option("--grid-um", default=None, type=float,
               help="Instead of --positions: a square grid of spots this many um apart over the tissue, found "
-                   "with Otsu's threshold on the HSV saturation of a thumbnail.")
+                   "with Otsu's threshold on the HSV saturation of a thumbnail (a slide with no glass in view: "
+                   "every stained pixel), then closing and hole filling.")
 @click.option("--pixel-size", default=None, type=float, metavar="UM",
               help="Micrometres per image pixel [default: estimated from a Space Ranger or legacy ST spot grid, "
                    "else the bundle's].")
@@ -45,6 +46,7 @@ def predict(ctx: click.Context, bundle: str, image: str, positions: str | None, 
     target = Path(out)
     if target.is_dir():
         raise StbenchError(f"--out {target} is a folder; name the .h5ad file to write")
+    _check_writable(target.parent)
     loaded = load_bundle(bundle, _app(ctx).plugins, device=resolve_device(device))
     console = _console()
     with RichProgress(console) as progress:
@@ -57,3 +59,17 @@ def predict(ctx: click.Context, bundle: str, image: str, positions: str | None, 
                   f"trained on {', '.join(info.get('training_slides', []))}; pixel size "
                   f"{'unknown' if size is None else f'{size:.4g} um/px'} ({info['pixel_size_source']})"
                   f"{', patches resampled' if info.get('resampled') else ''})")
+
+
+def _check_writable(folder: Path) -> None:
+    """Before any work: the output folder exists (or can be made) and takes files."""
+    import os
+
+    from ..errors import StbenchError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StbenchError(f"cannot create {folder} ({e.strerror}); choose a writable --out") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StbenchError(f"{folder} is not writable; choose a writable --out")

@@ -131,11 +131,13 @@ def slide_key(image: Path) -> str:
 def cut_patches(image: Path, pos: Positions, grid: np.ndarray, spec: Any, source_um: float | None,
                 progress: Progress | None = None) -> dict[str, Any]:
     """The slide's patches through the stbench patch cache (built or reused by ``ensure_patches``, read
-    lazily: memory stays bounded on large tiled TIFFs)."""
+    lazily: memory stays bounded on large tiled TIFFs), in ``<slide_key>/<spot table hash>/``: each set
+    of spots of an image keeps its own file, reused when the same spots are predicted again."""
     from ..data.locations import cache_dir
-    from ..data.patches import ensure_patches, open_patches, patch_file
+    from ..data.patches import ensure_patches, open_patches, patch_file, spots_sha256
 
-    out = patch_file(cache_dir("patches").parent, slide_key(image), spec)
+    spots = spots_sha256(pos.barcodes, pos.coords, grid)[:12]
+    out = patch_file(cache_dir("patches").parent, f"{slide_key(image)}/{spots}", spec)
     path = ensure_patches(image, pos.coords, pos.barcodes, grid, out, spec, source_um_per_px=source_um,
                           reader_version=READER_VERSION, progress=progress)
     return open_patches(path)
