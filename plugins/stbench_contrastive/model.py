@@ -52,6 +52,7 @@ class ContrastiveOptions:
     input_style: Literal["auto", "paper", "strict"] = "auto"
     eval_augment: Optional[bool] = None
     workers: int = option(0, ge=0)
+    freeze_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class BiModalOptions(ContrastiveOptions):
     input_crop: Optional[int] = 224
 
 
-def build_network(opts: ContrastiveOptions, n_genes: int) -> Any:
+def build_network(opts: ContrastiveOptions, n_genes: int, in_features: int | None = None) -> Any:
+    """Encoder + heads; with ``in_features`` (frozen-encoder training) the heads alone, on cached features."""
     import torch
     from torch import nn
 
@@ -75,9 +77,10 @@ def build_network(opts: ContrastiveOptions, n_genes: int) -> Any:
     class ContrastiveNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.encoder = create_encoder(opts.encoder, opts.pretrained, opts.weights)
+            self.encoder = create_encoder(opts.encoder, opts.pretrained, opts.weights) if in_features is None else nn.Identity()
             dim = opts.projection_dim if opts.spot_projection else n_genes
-            self.image_head = ProjectionHead(self.encoder.num_features, dim, opts.dropout)
+            width = in_features if in_features is not None else self.encoder.num_features
+            self.image_head = ProjectionHead(width, dim, opts.dropout)
             self.spot_head = ProjectionHead(n_genes, dim, opts.dropout) if opts.spot_projection else nn.Identity()
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07))) if opts.loss == "clip" else None
 
@@ -127,6 +130,20 @@ class ContrastiveModel(Model):
 
         return loss_of
 
+    def _head_loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
+        """The loss on already-encoded images (frozen-encoder training)."""
+        from .losses import bleep_loss, clip_loss, image_centric_loss
+
+        def loss_of(features: Any, expression: Any) -> Any:
+            img, spot = net.image_head(features).float(), net.embed_spots(expression).float()
+            if opts.loss == "heclip":
+                return image_centric_loss(img, spot, opts.temperature)
+            if opts.loss == "bleep":
+                return bleep_loss(img, spot, opts.temperature)
+            return clip_loss(img, spot, net.logit_scale)
+
+        return loss_of
+
     def _prep(self, x: Any) -> Any:
         import torch
 
@@ -142,6 +159,12 @@ class ContrastiveModel(Model):
         opts = self.resolved_options(len(genes))
         self.opts = opts
         seed_everything(self.seed)
+        if opts.freeze_encoder:
+            from .frozen import fit_heads
+
+            fit_heads(self, train, opts)
+            self._index_reference(train)
+            return
         net = build_network(opts, len(genes)).to(self.device)
         if self.device.startswith("cuda"):
             net = net.to(memory_format=torch.channels_last)
@@ -160,6 +183,10 @@ class ContrastiveModel(Model):
     def embed_images(self, slide: SlidePatches, salt: int = 0) -> np.ndarray:
         import torch
 
+        if self.opts.freeze_encoder:
+            from .frozen import embed_frozen
+
+            return embed_frozen(self, slide)
         from stbench.data.loader import PatchDataset, make_loader
         from stbench.nn.inputs import to_model_input
         from stbench.nn.trainer import autocast
@@ -215,7 +242,10 @@ class ContrastiveModel(Model):
 
         state, extra, config = load_checkpoint(Path(path))
         self.genes = config["genes"]
-        self.opts = type(self).Options(**{**config["options"], "pretrained": False, "weights": None})
-        self.net = build_network(self.opts, len(self.genes)).to(self.device)
+        frozen = bool(config["options"].get("freeze_encoder"))
+        # a fine-tuned encoder's weights are in the checkpoint; a frozen one is rebuilt from its own weights
+        self.opts = type(self).Options(**{**config["options"], **({} if frozen else {"pretrained": False, "weights": None})})
+        width = int(state["image_head.projection.weight"].shape[1]) if frozen else None
+        self.net = build_network(self.opts, len(self.genes), width).to(self.device)
         self.net.load_state_dict(state)
         self.ref_emb, self.ref_values = extra["ref_emb"].numpy(), extra["ref_values"].numpy()

@@ -57,6 +57,7 @@ class STNetOptions:
     val: Literal["spots", "slice"] = "spots"
     val_fraction: float = option(0.2, ge=0, lt=1)
     workers: int = option(0, ge=0)
+    freeze_encoder: bool = False
 
 
 def build_network(opts: STNetOptions, n_genes: int) -> Any:
@@ -185,11 +186,13 @@ class STNet(Model):
             return torch.optim.Adam(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         return torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
-    def _loss_fn(self, net: Any) -> Any:
+    def _loss_fn(self, net: Any, inputs: Any = None) -> Any:
+        """Squared error per spot; ``inputs(batch, train)`` prepares a batch (default: the patch pipeline)."""
         reduction = self.opts.loss_reduction
+        prepare = inputs or (lambda images, train: self._inputs(images, train=train))
 
         def loss_of(images: Any, targets: Any) -> Any:
-            pred = net(self._inputs(images, train=net.training)).float()
+            pred = net(prepare(images, net.training)).float()
             per_spot = (pred - targets).pow(2).mean(1)  # squared error summed over genes / G
             loss = per_spot.mean()
             if reduction == "sum" and loss.requires_grad:
@@ -216,6 +219,10 @@ class STNet(Model):
             train_rows, val_rows = np.arange(n), np.arange(0)
         else:
             train_rows, val_rows = reference_split(train, opts.val, opts.val_fraction, self.seed)
+        if opts.freeze_encoder:
+            from .frozen import fit_head
+
+            return fit_head(self, train, train_rows, val_rows)
         net = build_network(opts, len(genes))
         mean, std = self._pixel_stats(train, train_rows)
         net.pixel_mean.copy_(mean)
@@ -252,6 +259,10 @@ class STNet(Model):
         from stbench.data.loader import PatchDataset, make_loader
         from stbench.nn.trainer import autocast
 
+        if self.opts.freeze_encoder:
+            from .frozen import predict_frozen
+
+            return predict_frozen(self, slide)
         out = []
         self.net.eval()
         loader = make_loader(PatchDataset([slide], augment=False), max(2 * self.opts.batch_size, 32),
@@ -278,7 +289,15 @@ class STNet(Model):
 
         state, _, config = load_checkpoint(Path(path))
         self.genes = list(config["genes"])
-        self.opts = dataclasses.replace(type(self).Options(**config["options"]), pretrained=False, weights=None)
+        opts = type(self).Options(**config["options"])
+        if opts.freeze_encoder:  # the frozen encoder is rebuilt from its own weights; the head is in the checkpoint
+            from .frozen import FrozenHead
+
+            self.opts, self.net = opts, FrozenHead(int(state["head.weight"].shape[1]), len(self.genes))
+            self.net.load_state_dict(state)
+            self.net = self.net.to(self.device)
+            return
+        self.opts = dataclasses.replace(opts, pretrained=False, weights=None)
         self.net = build_network(self.opts, len(self.genes))
         self.net.load_state_dict(state)
         self.net = self.net.to(self.device)

@@ -189,19 +189,23 @@ def train_epoch(module: nn.Module, loss_of: LossFn, optimizer: Any, batches: Bat
 
 
 def fit(module: nn.Module, loss_of: LossFn, optimizer: Any, train: Union[PatchDataset, Batches],
-        val: PatchDataset | None, *, epochs: int, batch_size: int | None = None, device: str, seed: int,
+        val: Union[PatchDataset, Batches, None], *, epochs: int, batch_size: int | None = None, device: str, seed: int,
         workers: int = 0, workdir: Path | None = None, progress: Callable[..., None] | None = None,
         select_best: bool = True, min_batch: int = 2) -> History:
     """Train for ``epochs``; keep the weights of the best validation epoch (``select_best``; the best
     training loss without validation) or of the last epoch. ``train`` is a PatchDataset (batched by
-    ``batch_size``) or any :class:`Batches`; ``val`` (optional) is evaluated after every epoch.
+    ``batch_size``) or any :class:`Batches`; ``val`` (optional, either kind; a Batches' first epoch is the
+    fixed validation set) is evaluated after every epoch.
     Writes ``history.json`` into ``workdir`` when one is given."""
-    batched = isinstance(train, PatchDataset) or (val is not None and len(val) > 0)
+    batched = isinstance(train, PatchDataset) or (isinstance(val, PatchDataset) and len(val) > 0)
     if batched and batch_size is None:
         raise TypeError("fit: batch_size is required to batch a PatchDataset")
     if isinstance(train, PatchDataset):
         train = PatchBatches(train, batch_size, seed=seed, workers=workers)
-    val_loader = make_loader(val, batch_size, shuffle=False, seed=seed, workers=workers) if val is not None and len(val) else None
+    val_loader = None
+    if val is not None and len(val):
+        val_loader = (make_loader(val, batch_size, shuffle=False, seed=seed, workers=workers)
+                      if isinstance(val, PatchDataset) else list(val.epoch(0)))
     report = progress or (lambda *a, **k: None)
     history = History()
     best_loss, best_state = math.inf, None

@@ -42,18 +42,28 @@ def best_model(board: Board) -> list[str]:
     return [f"Highest mean per-gene {board.rank_label}: **{top.label}** ({top.shown(board.rank)})."]
 
 
-def above_chance(board: Board) -> list[str]:
-    chance = board.calibration("chance")
-    if chance is None:
+def _above(board: Board, role: str, what: str) -> list[str]:
+    """Which trained models beat the calibration row of ``role`` (paired Wilcoxon, positive median)."""
+    reference = board.calibration(role)
+    if reference is None:
         return []
     above, not_above = [], []
     for row in board.models:
-        test = board.test(row, chance)
+        test = board.test(row, reference)
         ok = test is not None and test.p_value < ALPHA and test.median_difference > 0
         (above if ok else not_above).append(f"`{row.label}`")
-    return [f"Above the {chance.model} baseline (paired Wilcoxon on per-gene {board.rank_label}, p < {ALPHA}, positive "
-            f"median difference): {', '.join(above) or 'none'}"
+    return [f"Above {what.format(model=reference.model)} (paired Wilcoxon on per-gene {board.rank_label}, p < {ALPHA}, "
+            f"positive median difference): {', '.join(above) or 'none'}"
             + (f"; not above: {', '.join(not_above)}." if not_above else ".")]
+
+
+def above_chance(board: Board) -> list[str]:
+    return _above(board, "chance", "the {model} baseline")
+
+
+def above_frozen_encoder(board: Board) -> list[str]:
+    """What training adds over a pretrained encoder read out linearly (the field's first question)."""
+    return _above(board, "frozen", "the frozen-encoder `{model}` row, i.e. what training adds over a pretrained encoder")
 
 
 def per_slide_metrics_against_constant(board: Board) -> list[str]:
@@ -124,7 +134,8 @@ def reduced_settings(board: Board) -> list[str]:
 
 
 FINDINGS: tuple[Callable[[Board], list[str]], ...] = (
-    best_model, above_chance, per_slide_metrics_against_constant, paper_claims, seed_spread, reduced_settings,
+    best_model, above_chance, above_frozen_encoder, per_slide_metrics_against_constant, paper_claims, seed_spread,
+    reduced_settings,
 )
 
 

@@ -106,8 +106,12 @@ def _cell(row: Row, metric: str, stat: str, best: Mapping[tuple[str, str], float
     return text
 
 
-def _name(row: Row) -> str:
-    return f"{row.label} *baseline*" if row.baseline else row.label
+def _name(row: Row, context: BoardContext | None = None) -> str:
+    """The row label, marked *baseline* (or *frozen encoder*) for calibration rows."""
+    if not row.baseline:
+        return row.label
+    kind = row.card(context or BoardContext()).get("kind")
+    return f"{row.label} *frozen encoder*" if kind == "frozen" else f"{row.label} *baseline*"
 
 
 def render_table(results: Sequence[RunResult], context: BoardContext | None = None) -> str:
@@ -125,7 +129,7 @@ def _table(board: Board) -> str:
     for row in board.rows:
         ci, p = stats_cells[id(row)]
         cells = [_cell(row, metric, stat, best) for metric, stat, _, _ in cols]
-        lines.append(f"| {_name(row)} | " + " | ".join(cells) + f" | {ci} | {p} | {row.n_folds} |")
+        lines.append(f"| {_name(row, board.context)} | " + " | ".join(cells) + f" | {ci} | {p} | {row.n_folds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +197,7 @@ def render_paired_tests(board: Board) -> str:
             test = paired_wilcoxon(*pair)
             cells.append("n/a" if not finite(test.median_difference) or np.isnan(test.p_value)
                          else f"{test.median_difference:+.3f} (p {p_text(test.p_value)})")
-        lines.append(f"| {_name(row)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_name(row, board.context)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +251,7 @@ def render_hits(boards: Mapping[tuple[str, str, str], Board]) -> str:
             for k in keys:
                 row = next((r for r in boards[k].rows if r.label == ref.label), None)
                 cells += [row.shown(n) if row is not None else "—" for n in per_slide]
-            lines.append(f"| {_name(ref)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_name(ref, boards[keys[0]].context)} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
