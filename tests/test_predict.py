@@ -278,6 +278,8 @@ def bad_inputs(root, bundle, tmp_path):
         "non-numeric positions": ([str(bundle), *img, "--positions", str(nonnumeric)], "non-numeric"),
         "missing bundle": ([str(tmp_path / "nobundle"), *img, *pos], "does not exist"),
         "bad grid": ([str(bundle), *img, "--grid-um", "-5"], "must be a positive number"),
+        "bad pixel size": ([str(bundle), *img, *pos, "--pixel-size", "0"], "must be a positive number"),
+        "bad library id": ([str(bundle), *img, *pos, "--library-id", "a/b"], "without '/'"),
     }
 
 

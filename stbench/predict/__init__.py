@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DataError, StbenchError
 from .positions import Positions, read_positions
 
@@ -116,7 +117,7 @@ def predict_slide(bundle: Any, image: str | os.PathLike, *, positions: Any = Non
     bundle's). ``library_id``: the key under ``uns['spatial']`` (default: the image file's stem).
     ``progress(task, completed, total, **info)`` drives progress bars (cutting, predicting).
 
-    Bad input raises a one-line :class:`stbench.StbenchError`; nothing is cut before the inputs checked.
+    Bad input raises a one-line :class:`stbench.StbenchError`; nothing is cut before the inputs are checked.
     """
     from .output import bundle_info, prediction_anndata
     from .slide import cut_patches, image_shape, model_grid, patch_spec, slide_patches
@@ -125,18 +126,20 @@ def predict_slide(bundle: Any, image: str | os.PathLike, *, positions: Any = Non
         raise DataError("give exactly one of --positions (positions=) and --grid-um (grid_um=)")
     grid_um = _positive(grid_um, "--grid-um (grid_um)")
     pixel_size_um = _positive(pixel_size_um, "--pixel-size (pixel_size_um)")
+    if library_id is not None and (not str(library_id).strip() or "/" in str(library_id)):
+        raise DataError(f"library id {library_id!r} must be a non-empty name without '/' (an h5ad key)")
     bundle = _as_bundle(bundle, device)
     image = Path(image)
     size = image_shape(image)
     pos, slide_um, how, extra, thumbs = _spots(bundle, image, size, positions, grid_um, pixel_size_um)
     spec, source_um = patch_spec(bundle.patch_px, bundle.pixel_size_um, slide_um)
     grid = model_grid(pos)
-    patches = cut_patches(image, pos, grid, spec, source_um, progress)
+    cutting = None if progress is None else (
+        lambda task, *a, **k: progress("cut patches" if task.startswith("patches ") else task, *a, **k))
+    patches = cut_patches(image, pos, grid, spec, source_um, cutting)
     library_id = str(library_id) if library_id else image.name.split(".")[0] or "slide"
     slide = slide_patches(library_id, patches, bundle.genes, slide_um)
     pred = _predict(bundle, slide, progress)
-    from .. import __version__
-
     info = {**bundle_info(bundle), "stbench": __version__, "image": str(image.resolve()),
             "image_width": size[1], "image_height": size[0], "library_id": library_id, "n_spots": len(slide),
             "pixel_size_um": slide_um, "pixel_size_source": how, "resampled": spec.target_um_per_px is not None,

@@ -60,7 +60,11 @@ def read_positions(source: Any) -> Positions:
         return _read_file(Path(source))
     if isinstance(source, pd.DataFrame):
         return _from_table(source, "positions DataFrame")
-    xy = np.asarray(source, dtype=np.float64) if not isinstance(source, np.ndarray) else source.astype(np.float64)
+    try:
+        xy = np.array(source, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"positions must be a file, a DataFrame or an (N, 2) array of (x, y) pixel centres; "
+                        f"got {type(source).__name__} that is none of these") from None
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
         raise DataError(f"positions must be a non-empty (N, 2) array of (x, y) pixel centres, got shape {xy.shape}")
     _check_finite(xy, "positions array")

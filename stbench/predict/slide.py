@@ -99,7 +99,8 @@ def slide_pixel_size(bundle_um: float | None, given: float | None, pos: Position
         if bundle_um is not None and max(pos.um_per_px / bundle_um, bundle_um / pos.um_per_px) > MAX_RATIO:
             raise DataError(f"the slide's pixel size, {how}, is {pos.um_per_px:.4g} um/px, more than {MAX_RATIO:g}x "
                             f"off the bundle's {bundle_um:.4g} um/px; pass --pixel-size (pixel_size_um=) with the "
-                            f"image's real pixel size")
+                            f"image's real pixel size (--pixel-size {pos.um_per_px:.4g} if the estimate is right: "
+                            f"patches are then resampled to the bundle's)")
         return float(pos.um_per_px), how
     if bundle_um is None:
         return None, "unknown (no --pixel-size, no spot grid, and the bundle records none)"
