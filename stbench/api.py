@@ -65,7 +65,7 @@ def run(model: str, dataset: Any, *, folds: str = "default", protocol: str = "st
     """Fit and score ``model`` on every fold of ``dataset``; the results (``RunResult``, what the CLI
     writes) are returned and, with ``out``, written there with their predictions file. Keywords in
     :data:`DATA_KEYS` describe in-memory slides; every other keyword is a model option
-    (``run("heclip", slides, profile="quick", epochs=2)``)."""
+    (``run("my-model", slides, profile="quick", epochs=2)``)."""
     from .runner import RunRequest, run as run_one
 
     plugins = _plugins(plugins)
@@ -109,11 +109,13 @@ class TrainedModel:
         if isinstance(slide, (str, Path)):
             return predict_slide(bundle, slide, positions=positions, grid_um=grid_um, pixel_size_um=pixel_size_um,
                                  library_id=library_id, progress=progress)
+        import pandas as pd
+
         image, scale, xy, pixel = _image_and_spots(slide, library_id)
         pixel = pixel_size_um or pixel
-        out = predict_slide(bundle, image, positions=xy * scale, pixel_size_um=None if pixel is None else pixel / scale,
+        spots = pd.DataFrame({"barcode": list(map(str, slide.obs_names)), "x": xy[:, 0] * scale, "y": xy[:, 1] * scale})
+        out = predict_slide(bundle, image, positions=spots, pixel_size_um=None if pixel is None else pixel / scale,
                             library_id=library_id, progress=progress)
-        out.obs_names = list(map(str, slide.obs_names))
         return _to_full_resolution(out, scale)
 
 

@@ -173,3 +173,28 @@ root = "{scanpy_slides}"
         adata.write_h5ad(folder / f"{s}.h5ad")
     read = AnnDataReader().read_slide(folder, "a2", params={"image": "he_{slide}.png"})
     assert read.uns["stbench"]["image_path"] == str(folder / "he_a2.png")
+
+
+def test_a_trained_model_predicts_an_anndata_slide_and_an_image_file(tmp_path, cache):
+    import pandas as pd
+
+    slides = memory_slides(tmp_path / "s")
+    trained = stbench.train("knn", {k: slides[k] for k in ("s1", "s2")}, n_per_slide=10, k=5, input_px=64)
+    query = slides["s3"]
+    pred = trained.predict(query)
+    assert list(pred.obs_names) == list(query.obs_names) and list(pred.var_names) == trained.genes
+    np.testing.assert_allclose(pred.obsm["spatial"], query.obsm["spatial"])
+    # the same numbers as the model on the slide the run would prepare
+    result = stbench.run("knn", slides, folds="s3", n_per_slide=10, k=5, input_px=64, out=tmp_path / "o")
+    import h5py
+
+    (pred_file,) = (tmp_path / "o" / "knn").glob("*.predictions.h5")
+    with h5py.File(pred_file, "r") as f:
+        run_pred = f["slides/000/pred"][()]
+    np.testing.assert_allclose(np.asarray(pred.X), run_pred, rtol=1e-3, atol=1e-3)
+    assert result.genes(0) == trained.genes
+    # an image file with positions gives the same
+    spots = pd.DataFrame({"barcode": list(query.obs_names), "x": query.obsm["spatial"][:, 0],
+                          "y": query.obsm["spatial"][:, 1]})
+    again = trained.predict(str(tmp_path / "s" / "s3.png"), positions=spots)
+    np.testing.assert_allclose(np.asarray(again.X), np.asarray(pred.X), rtol=1e-6)

@@ -758,7 +758,7 @@ def test_anndata_reader_errors(tmp_path):
         AnnDataReader().read_slide(tmp_path, "s1")
     _one_line(err)
     _write_h5ad(tmp_path, image=None)
-    with pytest.raises(DataError, match=r"no image path; set params image"):
+    with pytest.raises(DataError, match=r"no image; set params image"):
         AnnDataReader().read_slide(tmp_path, "s1")
     with pytest.raises(DataError, match=r"image .*missing\.tif does not exist"):
         AnnDataReader().read_slide(tmp_path, "s1", params={"image": "missing.tif"})
