@@ -198,3 +198,16 @@ def test_a_trained_model_predicts_an_anndata_slide_and_an_image_file(tmp_path, c
                           "y": query.obsm["spatial"][:, 1]})
     again = trained.predict(str(tmp_path / "s" / "s3.png"), positions=spots)
     np.testing.assert_allclose(np.asarray(again.X), np.asarray(pred.X), rtol=1e-6)
+
+
+def test_the_example_script_runs_offline(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "python_api.py"), "--out", str(tmp_path / "ex")],
+                         capture_output=True, text=True, timeout=600,
+                         env={k: v for k, v in __import__("os").environ.items() if not k.startswith("STBENCH_")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "predicted 30 spots x" in out.stdout and (tmp_path / "ex" / "C6_prediction.png").stat().st_size > 5000
