@@ -1,6 +1,6 @@
 """Optional dependencies: features that need a package the core does not (figures: matplotlib and
-umap-learn; Parquet exports: pyarrow) import it through :func:`require`, which turns a missing package
-into a one-line error naming the extra that installs it."""
+umap-learn) import it through :func:`require`, which turns a missing package into a one-line error naming
+the extra that installs it."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +9,7 @@ from types import ModuleType
 from .errors import StbenchError
 
 #: module -> the extra that installs it
-EXTRAS = {"matplotlib": "figures", "umap": "figures", "pyarrow": "export"}
+EXTRAS = {"matplotlib": "figures", "umap": "figures"}
 
 
 def require(module: str, feature: str) -> ModuleType:

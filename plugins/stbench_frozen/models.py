@@ -38,6 +38,7 @@ class FrozenOptions:
     input_px: Optional[int] = option(None, ge=1)
     input_crop: Optional[int] = option(None, ge=1)
     batch_size: int = option(64, ge=1)
+    smooth: int = option(0, ge=0)
 
 
 class FrozenFeatureModel(Model):
@@ -58,6 +59,12 @@ class FrozenFeatureModel(Model):
         from stbench.nn.features import features_of
 
         return features_of(slide.images, self.encoder(), progress=self._progress, task=f"features {slide.slide_id}")
+
+    def smoothed(self, pred: np.ndarray, slide: SlidePatches) -> np.ndarray:
+        """``-o smooth=N``: each spot's prediction averaged with its N-1 nearest spots' (0: off)."""
+        from stbench.nn.spatial import smooth_predictions
+
+        return smooth_predictions(pred, slide.coords, self.options.smooth)
 
     def reference(self, train: Sequence[SlidePatches]) -> tuple[np.ndarray, np.ndarray]:
         feats = np.concatenate([self.features(s) for s in train])
@@ -109,7 +116,7 @@ class RidgeModel(FrozenFeatureModel):
 
     def predict(self, slide: SlidePatches) -> np.ndarray:
         scores = self.reduce.transform(self.features(slide))
-        return (self.ridge.predict(scores) + self.mean).astype(np.float32)
+        return self.smoothed((self.ridge.predict(scores) + self.mean).astype(np.float32), slide)
 
     def fold_extra(self) -> dict[str, Any]:
         return {"ridge": {"alpha": self.alpha, "n_components": int(self.ridge.coef_.shape[1])}}
@@ -177,8 +184,9 @@ class KNNModel(FrozenFeatureModel):
     def predict(self, slide: SlidePatches) -> np.ndarray:
         from stbench.nn.retrieval import predict_by_retrieval
 
-        return np.asarray(predict_by_retrieval(self.features(slide), self.ref_feats, self.ref_values,
-                                               k=self.options.k, method=self.options.aggregation), dtype=np.float32)
+        pred = predict_by_retrieval(self.features(slide), self.ref_feats, self.ref_values, k=self.options.k,
+                                    method=self.options.aggregation)
+        return self.smoothed(np.asarray(pred, dtype=np.float32), slide)
 
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file

@@ -58,6 +58,7 @@ class STNetOptions:
     val_fraction: float = option(0.2, ge=0, lt=1)
     workers: int = option(0, ge=0)
     freeze_encoder: bool = False
+    smooth: int = option(0, ge=0)
 
 
 def build_network(opts: STNetOptions, n_genes: int) -> Any:
@@ -254,6 +255,12 @@ class STNet(Model):
         return total / 8.0
 
     def predict(self, slide: SlidePatches) -> np.ndarray:
+        """Predictions for every spot (``-o smooth=N``: each averaged with its N-1 nearest spots')."""
+        from stbench.nn.spatial import smooth_predictions
+
+        return smooth_predictions(self._predict(slide), slide.coords, self.opts.smooth)
+
+    def _predict(self, slide: SlidePatches) -> np.ndarray:
         import torch
 
         from stbench.data.loader import PatchDataset, make_loader

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path
-from ..extras import require
 from ..errors import ResultsError, StbenchError
 from .predictions import SlidePredictions, load_predictions, predictions_path
 from .results import RunResult, load_result
@@ -122,7 +121,6 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     fmt = _table_format(path)
     with atomic_path(path) as tmp:
         if fmt == ".parquet":
-            require("pyarrow", "Parquet export")
             df.to_parquet(tmp, engine="pyarrow", index=False)
         else:
             df.to_csv(tmp, index=False, compression="gzip" if fmt == ".csv.gz" else None)

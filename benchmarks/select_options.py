@@ -1,0 +1,70 @@
+"""Choose model options on the reference slides only: nested leave-one-slide-out validation.
+
+For every outer fold (query slide q) the candidate is run on the reference slides alone, leaving each of
+them out in turn (inner folds, strict protocol: genes and Harmony from the inner reference); the query
+slide is never read. The score of a candidate is its mean per-gene Pearson over all inner folds. The
+option set with the best score is then run once on the outer folds (`stbench run` / `bench`), which is
+the number to publish.
+
+    python benchmarks/select_options.py --dataset her2st_C_HVG \\
+        --candidate "ridge" --candidate "ridge:alpha=10" --candidate "stnet:freeze_encoder=true,epochs=50"
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+
+def inner_datasets(plugins, name: str) -> list[tuple[str, str]]:
+    """One registered dataset per outer fold: the outer reference slides only (name ``<dataset>~<query>``)."""
+    from stbench.data.catalog_dataset import CatalogDataset
+
+    dataset = plugins.datasets.get(name)
+    out = []
+    for fold in dataset.folds("default"):
+        entry = dataclasses.replace(dataset.entry, name=f"{name}~{'+'.join(fold.query)}", slides=fold.reference,
+                                    query=fold.reference[-1:], split="all", expected_spots={})
+        inner = CatalogDataset(entry, dataset.reader)
+        if entry.name not in plugins.datasets:
+            plugins.datasets.add(entry.name, inner, "select_options")
+        out.append(("+".join(fold.query), entry.name))
+    return out
+
+
+def parse(candidate: str) -> tuple[str, tuple[str, ...]]:
+    model, _, opts = candidate.partition(":")
+    return model.strip(), tuple(o.strip() for o in opts.split(",") if o.strip())
+
+
+def main() -> None:
+    import torch
+
+    from stbench.plugins import get_plugin_manager
+    from stbench.runner import RunRequest, run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="her2st_C_HVG")
+    parser.add_argument("--candidate", action="append", required=True, help="MODEL[:k=v,k=v]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    plugins = get_plugin_manager()
+    inner = inner_datasets(plugins, args.dataset)
+    print(f"{'candidate':<64} {'inner Pearson':>13} {'per outer fold':>40} {'s':>6}")
+    for candidate in args.candidate:
+        model, options = parse(candidate)
+        t0, per_outer = time.perf_counter(), []
+        for _, name in inner:
+            result, _ = run(plugins, RunRequest(model, name, folds="all", seed=args.seed, options=options, device="cpu",
+                                                save_predictions=False), None)
+            per_outer.append(float(np.mean([f["scores"]["pearson"]["mean"] for f in result.folds])))
+        print(f"{candidate:<64} {np.mean(per_outer):>13.4f} {' '.join(f'{v:.3f}' for v in per_outer):>40} "
+              f"{time.perf_counter() - t0:>6.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
