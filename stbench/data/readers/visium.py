@@ -1,7 +1,6 @@
 """Reader for 10x Visium Space Ranger output (1.x and 2.x layouts, h5 or mtx counts, GEO file names)."""
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import warnings
@@ -12,11 +11,12 @@ import numpy as np
 
 from ...errors import DataError
 from .base import SlideReader
-from .build import build_slide, spot_obs, um_per_px_text, unique_gene_symbols
+from .build import build_slide, spot_obs, um_per_px_text
 from .checks import check_in_image, match_rate_check
 from .files import IMAGE_PATTERNS, find_by_suffix, find_image, list_files
 from .geometry import estimate_pixel_size, image_size
 from .params import MIN_MATCH_RATE, choice_param, pattern_param, read_params
+from .tenx import open_text, read_10x_h5, read_10x_mtx, read_error
 from .text import one_line
 
 log = logging.getLogger("stbench")
@@ -42,16 +42,6 @@ PARAMS = {
     "min_match_rate": f"minimum fraction of count barcodes with a position (default {MIN_MATCH_RATE})",
     "check_bounds": "fail when spot centres lie outside the image (default true)",
 }
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz") else open(
-        path, encoding="utf-8")
-
-
-def _read_error(path: Path, e: Exception, what: str) -> DataError:
-    return DataError(one_line(f"cannot read {what} {path} ({type(e).__name__}: {e}); "
-                              f"re-download or re-export the file"))
 
 
 class VisiumReader(SlideReader):
@@ -187,12 +177,12 @@ class VisiumReader(SlideReader):
         import pandas as pd
 
         try:
-            with _open_text(path) as fh:
+            with open_text(path) as fh:
                 first = fh.readline()
             header = first.split(",")[0].strip().strip('"').lower() == "barcode"
             df = pd.read_csv(path, header=0 if header else None, dtype=str, compression="infer")
         except Exception as e:  # noqa: BLE001
-            raise _read_error(path, e, "spot positions file") from None
+            raise read_error(path, e, "spot positions file") from None
         if df.shape[1] < 6:
             raise DataError(one_line(f"{where}: {path} has {df.shape[1]} columns, expected 6 "
                                      f"({', '.join(POSITION_COLUMNS)}); is it a Space Ranger positions file?"))
@@ -230,7 +220,7 @@ class VisiumReader(SlideReader):
         h5 = find_by_suffix([slide_dir], H5_SUFFIXES, what="count matrix (h5)", where=where, required=False,
                             name_filter=name_filter)
         if h5 is not None:
-            return self._read_h5(h5, where), [h5]
+            return read_10x_h5(h5, where), [h5]
         mtx = find_by_suffix([mtx_dir, slide_dir], MTX_SUFFIXES, what="count matrix", required=False, where=where,
                              name_filter=name_filter)
         if mtx is None:
@@ -241,60 +231,7 @@ class VisiumReader(SlideReader):
                             name_filter=name_filter)
         ft = find_by_suffix([mtx.parent], FEATURE_SUFFIXES, what="features file", where=where,
                             name_filter=name_filter)
-        return self._read_mtx(mtx, bc, ft, where), [mtx, bc, ft]
-
-    @staticmethod
-    def _read_h5(path: Path, where: str):
-        import scanpy as sc
-
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*names are not unique.*")
-                adata = sc.read_10x_h5(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise _read_error(path, e, "10x h5 count matrix") from None
-        adata.var_names = unique_gene_symbols(adata.var_names, f"{where}: {path.name}")
-        adata.obs_names = [str(b).strip() for b in adata.obs_names]
-        return adata
-
-    @staticmethod
-    def _read_mtx(mtx: Path, bc: Path, ft: Path, where: str):
-        import anndata
-        import pandas as pd
-        import scipy.io
-        import scipy.sparse as sp
-
-        try:
-            with (gzip.open(mtx, "rb") if mtx.name.lower().endswith(".gz") else open(mtx, "rb")) as fh:
-                m = scipy.io.mmread(fh)
-        except Exception as e:  # noqa: BLE001
-            raise _read_error(mtx, e, "MatrixMarket count matrix") from None
-        try:
-            barcodes = pd.read_csv(bc, sep="\t", header=None, dtype=str, compression="infer")[0].str.strip()
-        except Exception as e:  # noqa: BLE001
-            raise _read_error(bc, e, "barcodes file") from None
-        try:
-            features = pd.read_csv(ft, sep="\t", header=None, dtype=str, compression="infer")
-        except Exception as e:  # noqa: BLE001
-            raise _read_error(ft, e, "features file") from None
-        m = sp.csr_matrix(m)
-        if m.shape != (len(features), len(barcodes)):
-            raise DataError(one_line(f"{where}: {mtx.name} is {m.shape[0]} x {m.shape[1]} (genes x barcodes) but "
-                                     f"{ft.name} has {len(features)} rows and {bc.name} {len(barcodes)}; "
-                                     f"the three files must come from the same matrix"))
-        ids = features[0].to_numpy()
-        symbols = features[1].to_numpy() if features.shape[1] > 1 else ids
-        keep = np.ones(len(features), dtype=bool)
-        if features.shape[1] > 2:
-            keep = (features[2] == "Gene Expression").to_numpy()
-            if not keep.any():
-                keep[:] = True
-        X = m[keep].T.tocsr()
-        var = pd.DataFrame({"gene_ids": ids[keep]},
-                           index=pd.Index(unique_gene_symbols(symbols[keep], f"{where}: {ft.name}")))
-        if features.shape[1] > 2:
-            var["feature_types"] = features[2].to_numpy()[keep]
-        return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes.to_numpy())), var=var)
+        return read_10x_mtx(mtx, bc, ft, where), [mtx, bc, ft]
 
     @classmethod
     def _find_image(cls, slide: str, slide_dir: Path, extra_dirs: list[Path], spatial_dir: Path,
@@ -334,14 +271,14 @@ class VisiumReader(SlideReader):
         sf = find_by_suffix([spatial_dir, slide_dir], SCALEFACTOR_SUFFIXES, what="scale factors file",
                             where=f"{where} (needed to use {hires.name})", name_filter=name_filter)
         try:
-            with _open_text(sf) as fh:
+            with open_text(sf) as fh:
                 factors = json.load(fh)
             scale = factors["tissue_hires_scalef"]
         except KeyError:
             raise DataError(one_line(f"{where}: {sf} has no tissue_hires_scalef; re-export the Space Ranger "
                                      f"spatial/ folder")) from None
         except Exception as e:  # noqa: BLE001
-            raise _read_error(sf, e, "scale factors file") from None
+            raise read_error(sf, e, "scale factors file") from None
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise DataError(one_line(f"{where}: tissue_hires_scalef in {sf} is {scale!r}, expected a number in (0, 1]"))
         warnings.warn(one_line(  # stacklevel: the caller of read_slide
