@@ -21,6 +21,9 @@ class Metric:
       and by variance (``<name>_hvg@k``) of the true expression.
     - ``spatial``: ``fn(true, pred, coords)`` also receives the spots' (n_spots, 2) full-resolution (x, y)
       centres, for metrics of spatial structure (for example autocorrelation of the residuals).
+    - ``spot_mean``: a per-slide metric that is the mean over spots of a per-spot value (Hit@T), so it can
+      be computed on blocks of spots. Per-gene metrics are always computed on blocks of genes (each gene's
+      value depends on its own column only); this keeps scoring of large slides in bounded memory.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Metric:
     ranks: bool = False
     top_genes: bool = False
     spatial: bool = False
+    spot_mean: bool = False
 
     @property
     def display(self) -> str:

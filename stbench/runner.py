@@ -1,6 +1,7 @@
 """run(): fit and predict a model on every fold of a dataset, score it, write one results file."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import tempfile
 import time
@@ -15,7 +16,7 @@ from .errors import DataError, StbenchError
 from .eval.scoring import score_slide, summarise
 from .options import build_options, changed_options, check_seed, options_dict, profile_changes
 from .plugins import Plugins
-from .report.predictions import collect_slide_predictions, predictions_path, write_predictions
+from .report.predictions import PredictionsWriter, collect_slide_predictions, predictions_path
 from .report.results import RunResult, config_hash, environment, result_path
 
 Progress = Callable[..., None]
@@ -101,7 +102,8 @@ def stale_reason(result: RunResult, versions: dict[str, Any]) -> str | None:
 
 def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         progress: Progress | None = None, workdir: str | Path | None = None) -> tuple[RunResult, Path | None]:
-    """Run every fold; write the results file into ``out_dir`` (if given) and return both."""
+    """Run every fold; write the results file into ``out_dir`` (if given) and return both. Each query
+    slide's truth and predictions go to the predictions file as soon as the slide is scored."""
     p = plan(plugins, req)
     target = None
     if out_dir is not None:
@@ -113,21 +115,20 @@ def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
     report = progress or (lambda *a, **k: None)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    saved: list[Any] = []
-    keep = target is not None and req.save_predictions
-    with tempfile.TemporaryDirectory(prefix="stbench-") as scratch:
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if target is not None and req.save_predictions:
+            writer = stack.enter_context(PredictionsWriter(predictions_path(target), {
+                "model": req.model, "dataset": req.dataset, "protocol": req.protocol, "config_hash": p["hash"]}))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="stbench-"))
         for i, fold in enumerate(p["folds"]):
             report("folds", i, len(p["folds"]), fold=fold.name)
-            fold_records, fold_saved = run_fold(plugins, p, req, fold, metrics, device,
-                                                Path(workdir or scratch) / f"fold{i}", progress, keep, bundles.get(fold.name))
-            records += fold_records
-            saved += fold_saved
+            records += run_fold(plugins, p, req, fold, metrics, device, Path(workdir or scratch) / f"fold{i}",
+                                progress, writer.add if writer is not None else None, bundles.get(fold.name))
         report("folds", len(p["folds"]), len(p["folds"]))
-    result = _result(plugins, req, p, metrics, records, device, time.perf_counter() - started)
-    if saved:
-        write_predictions(predictions_path(target), saved,
-                          {"model": req.model, "dataset": req.dataset, "protocol": req.protocol,
-                           "config_hash": p["hash"], "label": result.label})
+        result = _result(plugins, req, p, metrics, records, device, time.perf_counter() - started)
+        if writer is not None:
+            writer.meta["label"] = result.label
     path = result.save(target) if target is not None else None
     return result, path
 
@@ -145,11 +146,11 @@ def _bundle_folders(req: RunRequest, folds: list[Any]) -> dict[str, Path]:
 
 
 def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, metrics: list[Any], device: str,
-             workdir: Path, progress: Progress | None, keep_predictions: bool,
-             bundle: Path | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+             workdir: Path, progress: Progress | None, sink: Callable[[Any], None] | None = None,
+             bundle: Path | None = None) -> list[dict[str, Any]]:
     """Prepare one fold, fit a fresh model on its reference slides (kept as a bundle in ``bundle`` when
-    given), predict and score each query slide. Returns the fold records and (with ``keep_predictions``)
-    what the predictions file keeps."""
+    given), predict and score each query slide; ``sink`` receives what the predictions file keeps of
+    each. Returns the fold records."""
     prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
     model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol, workdir=workdir,
                            progress=progress, dataset_info=prepared.info)
@@ -162,7 +163,7 @@ def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, me
 
         save_bundle(model, bundle, bundle_manifest(plugins, req.model, p["options"], p["profile"], req.seed,
                                                    req.protocol, p["dataset"], prepared))
-    records, saved = [], []
+    records = []
     for query in prepared.queries:
         if query.expression is not None:
             raise DataError(f"dataset '{req.dataset}' handed query slide '{query.slide_id}' with expression")
@@ -175,9 +176,9 @@ def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, me
                        "predict_seconds": time.perf_counter() - t0, "info": dict(prepared.info)})
         record.update(model.fold_extra())
         records.append(record)
-        if keep_predictions:
-            saved.append(collect_slide_predictions(p["dataset"], model, fold.name, query, prepared, truth, pred, req.seed))
-    return records, saved
+        if sink is not None:
+            sink(collect_slide_predictions(p["dataset"], model, fold.name, query, prepared, truth, pred, req.seed))
+    return records
 
 
 def _result(plugins: Plugins, req: RunRequest, p: dict[str, Any], metrics: list[Any], records: list[dict[str, Any]],

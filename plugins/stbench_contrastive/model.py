@@ -220,7 +220,7 @@ class ContrastiveModel(Model):
 
         query = self.embed_images(slide, salt=10_000)
         return np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
-                                               method=self.opts.aggregation), dtype=np.float32)
+                                               method=self.opts.aggregation, device=self.device), dtype=np.float32)
 
     def embed(self, slide: SlidePatches) -> np.ndarray:
         return self.embed_images(slide, salt=20_000)

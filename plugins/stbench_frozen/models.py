@@ -185,7 +185,7 @@ class KNNModel(FrozenFeatureModel):
         from stbench.nn.retrieval import predict_by_retrieval
 
         pred = predict_by_retrieval(self.features(slide), self.ref_feats, self.ref_values, k=self.options.k,
-                                    method=self.options.aggregation)
+                                    method=self.options.aggregation, device=self.device)
         return self.smoothed(np.asarray(pred, dtype=np.float32), slide)
 
     def save(self, path: str | Path) -> None:

@@ -34,7 +34,7 @@ class DatasetEntry:
     split: str = "single"
     description: str = ""
     patients: Mapping[str, str] = field(default_factory=dict)
-    harmony: bool = False
+    harmony: bool | str = False
     pixel_size_um: float | None = None
     patch_px: int = 256
     root: str = ""
@@ -66,7 +66,9 @@ _FIELDS: dict[str, tuple[Any, str, bool]] = {
     "split": (lambda v: v in SPLITS, "one of " + ", ".join(SPLITS), False),
     "description": (lambda v: isinstance(v, str), "a string", False),
     "patients": (_table_of(str), "a table slide -> patient", False),
-    "harmony": (lambda v: isinstance(v, bool), "true or false", False),
+    "harmony": (lambda v: isinstance(v, bool) or v in ("genes", "pca"),
+                "true (= \"genes\"), false, \"genes\" (Harmony on the spots x genes matrix, as the paper) or "
+                "\"pca\" (on 50 principal components, mapped back to genes: bounded memory for large slides)", False),
     "pixel_size_um": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number", False),
     "patch_px": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer", False),
     "root": (lambda v: isinstance(v, str), "a string", False),

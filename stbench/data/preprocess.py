@@ -102,6 +102,41 @@ def harmonise(matrices: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np
     return out
 
 
+#: Principal components Harmony corrects in the ``pca`` mode (as scanpy.external.pp.harmony_integrate uses).
+HARMONY_PCS = 50
+
+
+def harmonise_pca(matrices: Mapping[str, np.ndarray], seed: int = 0, n_components: int = HARMONY_PCS) -> dict[str, np.ndarray]:
+    """Harmony on principal components, as Harmony is designed to be used (Korsunsky et al. 2019), with
+    the correction mapped back to genes: PCA of the stacked spots x genes matrix (fitted on these slides),
+    Harmony on the PC scores (batch = slide), and corrected expression = expression + (corrected scores -
+    scores) @ components. Memory: the matrix, one centred copy for the PCA, and N x 50 scores, instead of
+    the float64 spots x genes matrices of :func:`harmonise`; the part of the expression outside the 50
+    components is left as it is."""
+    if len(matrices) < 2:
+        return dict(matrices)
+    import harmonypy
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    slides = list(matrices)
+    sizes = [len(matrices[s]) for s in slides]
+    stacked = np.concatenate([np.asarray(matrices[s], dtype=np.float32) for s in slides])
+    k = max(1, min(n_components, stacked.shape[0] - 1, stacked.shape[1]))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(stacked)
+    scores = pca.transform(stacked).astype(np.float64)
+    batch = pd.DataFrame({"slide": np.repeat(slides, sizes)})
+    corrected = np.asarray(harmonypy.run_harmony(scores, batch, "slide", random_state=seed, verbose=False).Z_corr)
+    if corrected.shape == (k, len(scores)) and k != len(scores):
+        corrected = corrected.T
+    shift = (corrected - scores).astype(np.float32)
+    out, start = {}, 0
+    for s, n in zip(slides, sizes):
+        out[s] = (stacked[start:start + n] + shift[start:start + n] @ pca.components_.astype(np.float32)).astype(np.float32)
+        start += n
+    return out
+
+
 def _columns(ad: Any, genes: Sequence[str]) -> tuple[np.ndarray, int]:
     """Dense (spots x genes) in ``genes`` order; genes absent from the slide are zeros (counted)."""
     idx = ad.var_names.get_indexer(list(genes))
@@ -113,7 +148,7 @@ def _columns(ad: Any, genes: Sequence[str]) -> tuple[np.ndarray, int]:
 
 
 def prepare_expression(raw: Mapping[str, Any], reference: Sequence[str], query: Sequence[str], protocol: str,
-                       selection: GeneSelection, harmony: bool, seed: int = 0) -> PreparedExpression:
+                       selection: GeneSelection, harmony: bool | str, seed: int = 0) -> PreparedExpression:
     """Per-slide (spots x genes) float32 matrices in the protocol's expression space."""
     lognorm = {s: log_normalise(raw[s]) for s in [*reference, *query]}
     chooser = list(reference) if protocol == "strict" else [*reference, *query]
@@ -129,7 +164,8 @@ def prepare_expression(raw: Mapping[str, Any], reference: Sequence[str], query: 
     for s in lognorm:
         matrices[s], missing[s] = _columns(lognorm[s], genes)
     if harmony:
-        corrected = harmonise({s: matrices[s] for s in chooser}, seed)
+        correct = harmonise_pca if harmony == "pca" else harmonise
+        corrected = correct({s: matrices[s] for s in chooser}, seed)
         matrices.update(corrected)
     for s in query:
         if missing[s]:
@@ -137,6 +173,7 @@ def prepare_expression(raw: Mapping[str, Any], reference: Sequence[str], query: 
     info = {
         "gene_set": selection.set, "n_per_slide": selection.n_per_slide, "n_genes": len(genes),
         "normalisation": "normalize_total(median)+log1p", "harmony": bool(harmony),
+        **({"harmony_mode": f"pca{HARMONY_PCS}"} if harmony == "pca" else {}),
         "harmony_scope": ("all slides, query included" if protocol == "paper" else "reference slides") if harmony else None,
         "gene_selection_scope": "all slides, query included" if protocol == "paper" else "reference slides",
         "zero_count_spots": {s: int(lognorm[s].uns["stbench_n_zero_count_spots"]) for s in lognorm},

@@ -29,6 +29,7 @@ __all__ = [
     "hit_at",
     "top_gene_mean",
     "top_gene_pearson",
+    "top_mean_by_score",
     "gene_summary",
     "BUILTIN_METRICS",
     "HEG_HVG_K",
@@ -265,12 +266,18 @@ def top_gene_mean(true: np.ndarray, r: np.ndarray, k: int, by: str = "heg") -> t
         score = t.var(axis=0)
     else:
         raise OptionError(f"by must be 'heg' or 'hvg', got {by!r}")
+    return top_mean_by_score(score, rv, k)
+
+
+def top_mean_by_score(score: np.ndarray, r: np.ndarray, k: int) -> tuple[float, int]:
+    """:func:`top_gene_mean` with the per-gene ranking score (column sum or variance of the truth) given."""
+    rv = np.asarray(r, dtype=np.float64)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise OptionError(f"k must be an integer, got {k!r}")
-    if not 1 <= int(k) <= t.shape[1]:
-        raise OptionError(f"k must be between 1 and the number of genes ({t.shape[1]}), got {k}")
+    if not 1 <= int(k) <= len(score):
+        raise OptionError(f"k must be between 1 and the number of genes ({len(score)}), got {k}")
     # stable sort of the negated score: descending, ties by lower gene index; NaN scores last
-    top = np.argsort(-score, kind="stable")[: int(k)]
+    top = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")[: int(k)]
     sel = rv[top]
     nan = np.isnan(sel)
     n_nan = int(nan.sum())
@@ -329,6 +336,7 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
             fn=partial(hit_at, t=t),
             description=f"fraction of spots whose top-{t} predicted and true genes intersect",
             label=f"Hit@{t}",
+            spot_mean=True,
         )
         for t in (1, 2, 3)
     ),

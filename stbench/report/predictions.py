@@ -49,34 +49,61 @@ def _strings(values: Sequence[Any]) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=h5py.string_dtype())
 
 
+class PredictionsWriter:
+    """Streams query slides into a predictions file as each one is scored, so a run holds one slide's
+    truth and predictions at a time; the file appears under its name only when the writer closes
+    without an error (temporary name, then rename)."""
+
+    def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+        self.path, self.meta, self.count = Path(path), dict(meta or {}), 0
+        self._atomic: Any = None
+        self._file: Any = None
+
+    def __enter__(self) -> "PredictionsWriter":
+        import h5py
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._file = h5py.File(tmp, "w")
+        self._file.attrs["schema"] = SCHEMA
+        return self
+
+    def add(self, s: SlidePredictions) -> None:
+        from .thumbnail import encode_jpeg
+
+        gz = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        g = self._file.create_group(f"slides/{self.count:03d}")
+        self.count += 1
+        g.attrs.update({"fold": s.fold, "query": s.query, "thumbnail_scale": float(s.thumbnail_scale),
+                        "spot_diameter_px": float(s.spot_diameter_px)})
+        g["genes"] = _strings(s.genes)
+        g["barcodes"] = _strings(s.barcodes)
+        g["coords"] = np.asarray(s.coords, dtype=np.float64)
+        g.create_dataset("true", data=np.asarray(s.true, dtype=np.float32), **gz)
+        g.create_dataset("pred", data=np.asarray(s.pred, dtype=np.float32), **gz)
+        if s.thumbnail is not None:
+            g["thumbnail_jpeg"] = np.frombuffer(encode_jpeg(s.thumbnail), dtype=np.uint8)
+        for name, emb in s.embeddings.items():
+            g.create_dataset(f"embeddings/{name}", data=np.asarray(emb, dtype=np.float16), **gz)
+            g[f"embedding_slides/{name}"] = _strings(s.embedding_slides.get(name, [s.query] * len(emb)))
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        import json
+
+        try:
+            if exc_type is None:
+                self._file.attrs["meta"] = json.dumps(self.meta, sort_keys=True, default=str)
+            self._file.close()
+        finally:
+            self._atomic.__exit__(exc_type, exc, tb)
+        return False
+
+
 def write_predictions(path: str | os.PathLike, slides: Sequence[SlidePredictions], meta: Mapping[str, Any]) -> Path:
-    import json
-
-    import h5py
-
-    from .thumbnail import encode_jpeg
-
-    path = Path(path)
-    gz = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["meta"] = json.dumps(dict(meta), sort_keys=True, default=str)
-            for i, s in enumerate(slides):
-                g = f.create_group(f"slides/{i:03d}")
-                g.attrs.update({"fold": s.fold, "query": s.query, "thumbnail_scale": float(s.thumbnail_scale),
-                                "spot_diameter_px": float(s.spot_diameter_px)})
-                g["genes"] = _strings(s.genes)
-                g["barcodes"] = _strings(s.barcodes)
-                g["coords"] = np.asarray(s.coords, dtype=np.float64)
-                g.create_dataset("true", data=np.asarray(s.true, dtype=np.float32), **gz)
-                g.create_dataset("pred", data=np.asarray(s.pred, dtype=np.float32), **gz)
-                if s.thumbnail is not None:
-                    g["thumbnail_jpeg"] = np.frombuffer(encode_jpeg(s.thumbnail), dtype=np.uint8)
-                for name, emb in s.embeddings.items():
-                    g.create_dataset(f"embeddings/{name}", data=np.asarray(emb, dtype=np.float16), **gz)
-                    g[f"embedding_slides/{name}"] = _strings(s.embedding_slides.get(name, [s.query] * len(emb)))
-    return path
+    with PredictionsWriter(path, meta) as writer:
+        for s in slides:
+            writer.add(s)
+    return Path(path)
 
 
 def load_predictions(path: str | os.PathLike) -> tuple[list[SlidePredictions], dict[str, Any]]:
