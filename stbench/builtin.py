@@ -17,7 +17,8 @@ def register_readers(register):
     from .data.readers.anndata_reader import AnnDataReader
     from .data.readers.st_legacy import STLegacyReader
     from .data.readers.visium import VisiumReader
+    from .data.readers.visium_hd import VisiumHDReader
     from .data.synthetic import SyntheticReader
 
-    for reader in (SyntheticReader(), VisiumReader(), STLegacyReader(), AnnDataReader()):
+    for reader in (SyntheticReader(), VisiumReader(), VisiumHDReader(), STLegacyReader(), AnnDataReader()):
         register(reader)

@@ -44,7 +44,8 @@ versions, a catalogue whose sha256 values match the files it wrote). It writes, 
 ``fixtures.toml`` -- a catalogue (schema of stbench/datasets.toml) declaring ``her2st_mini_HVG``,
     ``her2st_mini_HEG`` (mirror: ``tests/data/her2st_mini``) and ``visium_mini`` (mirror: ``tests/data``),
     with the size and sha256 of every file, so ``stbench --catalog tests/data/fixtures.toml fetch
-    her2st_mini_HVG --mirror tests/data/her2st_mini`` verifies them.
+    her2st_mini_HVG --mirror tests/data/her2st_mini`` verifies them. Its ``visium_hd_mini`` section (the
+    Visium HD fixture in ``visium_hd/``) is written by make_hd_fixture.py and kept as it is here.
 """
 from __future__ import annotations
 
@@ -281,7 +282,7 @@ def barcodes(n: int, seed: int) -> list[str]:
 
 
 def write_10x_h5(path: Path, matrix: np.ndarray, bcs: list[str], ids: list[str], names: list[str],
-                 version: str, library: str) -> None:
+                 version: str, library: str, chemistry: str = "Spatial 3' v1") -> None:
     """Space Ranger's filtered_feature_bc_matrix.h5 (10x HDF5 schema v2: CSC features x barcodes)."""
     import h5py
     import scipy.sparse as sp
@@ -297,7 +298,7 @@ def write_10x_h5(path: Path, matrix: np.ndarray, bcs: list[str], ids: list[str],
         return arr.astype(f"S{width or max(1, arr.dtype.itemsize)}")
 
     with h5py.File(path, "w", libver="earliest", track_order=False) as f:
-        f.attrs["chemistry_description"] = np.array([b"Spatial 3' v1"])
+        f.attrs["chemistry_description"] = np.array([chemistry.encode()])
         f.attrs["filetype"] = np.array([b"matrix"])
         f.attrs["library_ids"] = np.array([library.encode()])
         f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
@@ -410,6 +411,25 @@ def sources_toml(root: Path, folders: list[Path]) -> str:
     return "sources = [\n" + "\n".join(lines) + "\n]\n"
 
 
+def hd_section_of(text: str) -> str:
+    """The ``[visium_hd_mini]`` section of a catalogue's text (from its blank line before to the next table),
+    or ''."""
+    start = text.find("\n[visium_hd_mini]\n")
+    if start < 0:
+        return ""
+    end = text.find("\n[", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def kept_hd_section(out: Path) -> str:
+    """The ``[visium_hd_mini]`` section of the current catalogue (``out``'s, else tests/data's): it is written by
+    make_hd_fixture.py, and kept as it is when this script rewrites the other sections."""
+    for path in (out / "fixtures.toml", HERE / "fixtures.toml"):
+        if path.is_file():
+            return hd_section_of(path.read_text())
+    return ""
+
+
 def write_catalogue(out: Path, her2st_info: dict, visium_info: dict) -> None:
     mini = out / "her2st_mini"
     spots = ", ".join(f"{s} = {her2st_info[s]['spots']}" for s in SLIDES)
@@ -458,6 +478,7 @@ def write_catalogue(out: Path, her2st_info: dict, visium_info: dict) -> None:
         f'base_url = "{PLACEHOLDER_BASE}"\n'
         "expected_spots = { " + ", ".join(f"{v} = {visium_info[v]['in_tissue']}" for v in vis) + " }\n"
         + sources_toml(out, [out / v for v in vis]))
+    text += kept_hd_section(out)
     write_bytes(out / "fixtures.toml", text.encode())
 
 
