@@ -173,4 +173,7 @@ def catalog_paths(extra: tuple[str, ...] = (), env: Mapping[str, str] = os.envir
     paths = [PACKAGED]
     paths += [Path(p) for p in env.get("STBENCH_CATALOG", "").split(os.pathsep) if p]
     paths += [Path(p) for p in extra]
-    return paths
+    unique: dict[str, Path] = {}
+    for p in paths:  # the same file named twice (env and --catalog) is read once
+        unique.setdefault(str(p.expanduser().resolve()), p)
+    return list(unique.values())
