@@ -1,11 +1,13 @@
 """Building a cached patch file: one patch per spot cut from the image in row bands, atomically and under
 a lock; :func:`ensure_patches` reuses a file that validates (every chunk checked when it changed) and
-rebuilds one that does not."""
+rebuilds one that does not. A build first checks that the file fits on the cache's disk
+(:func:`check_free_space`)."""
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +28,11 @@ BLANK_RANGE = 2
 COMPRESSION = None
 #: New rows read per band: BAND_BYTES // (3 * band width), rounded down to whole tile/strip rows.
 BAND_BYTES = 32 * 1024 * 1024
+#: Free space a build needs: per spot its patch (patch_px^2 x 3 bytes) and SPACE_PER_SPOT bytes (the chunk index,
+#: checksum, barcode, coordinates: ~160 bytes measured), plus SPACE_MARGIN of that and SPACE_MARGIN_BYTES.
+SPACE_PER_SPOT = 512
+SPACE_MARGIN = 0.05
+SPACE_MARGIN_BYTES = 16 * 1024 * 1024
 
 Progress = Callable[..., None]
 
@@ -201,6 +208,7 @@ def _build(image_path: Path, coords_xy: Any, barcodes: Any, grid: Any, out: Path
         h, w = src.shape
         at = _place(coords, bcs, image_scale, side, h, w, image_path)
         kept, dropped = at["kept"], at["dropped"]
+        check_free_space(out, len(kept), p)
         attrs = {
             "format_version": FORMAT_VERSION, "source_path": str(image_path.resolve()), "source_size": int(st.st_size),
             "source_mtime": float(st.st_mtime), "reader_version": str(reader_version),
@@ -232,6 +240,24 @@ def _build(image_path: Path, coords_xy: Any, barcodes: Any, grid: Any, out: Path
                     image_path, n_blank, len(kept), "these" if n_blank < len(kept) else "any of its")
     log.debug("built %s: %d patches in %.1f s", out, len(kept), time.perf_counter() - t0)
     return out
+
+
+def check_free_space(out: Path, n_patches: int, patch_px: int) -> None:
+    """A one-line DataError, before anything is written, when the folder of ``out`` lacks the space for
+    ``n_patches`` patches of ``patch_px`` px (uncompressed uint8 RGB) and the margins (see SPACE_PER_SPOT)."""
+    need = int(n_patches * (patch_px * patch_px * 3 + SPACE_PER_SPOT) * (1 + SPACE_MARGIN)) + SPACE_MARGIN_BYTES
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:  # no answer (an unusual file system): let the write itself fail, as before
+        return
+    if free < need:
+        raise DataError(f"not enough disk space for the patch cache file {out}: {n_patches} patches of "
+                        f"{patch_px} x {patch_px} px need {_gb(need)} and {out.parent} has {_gb(free)} free; set "
+                        f"STBENCH_CACHE to a folder on a larger disk, or use a smaller patch_px")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _cut_bands(src: Any, images: Any, x0: np.ndarray, y0: np.ndarray, side: int, p: int,
