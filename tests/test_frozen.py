@@ -146,3 +146,30 @@ params = { grid_width = 4, grid_height = 4, n_genes = 12, n_signal = 6, patch_px
     assert cli("--catalog", str(catalogue), "leaderboard", "--results", str(out)).exit_code == 0
     board = (out / "LEADERBOARD.md").read_text()
     assert finding in board and "| ridge *frozen encoder* |" in board
+
+
+def test_smoothing_averages_each_spot_with_its_nearest_neighbours():
+    from stbench.nn.spatial import smooth_predictions
+
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
+    pred = np.array([[1.0], [3.0], [10.0], [20.0]], dtype=np.float32)
+    np.testing.assert_allclose(smooth_predictions(pred, coords, 2), [[2.0], [2.0], [15.0], [15.0]])
+    assert smooth_predictions(pred, coords, 0) is pred and smooth_predictions(pred, coords, 1) is pred
+    np.testing.assert_allclose(smooth_predictions(pred, coords, 9), np.full((4, 1), 8.5))  # clamped to all spots
+
+
+@pytest.mark.parametrize("model", ["knn", "ridge", "heclip", "stnet"])
+def test_the_smooth_option_post_processes_each_models_predictions(model):
+    from stbench.nn.spatial import smooth_predictions
+    from stbench.testing import fit_tiny
+
+    opts = {"knn": ["input_px=64", "k=5"], "ridge": ["input_px=64"],
+            "heclip": ["encoder=test_efficientnet", "pretrained=false", "epochs=1", "batch_size=16", "input_px=16",
+                       "top_k=5"],
+            "stnet": ["encoder=test_efficientnet", "pretrained=false", "epochs=1", "batch_size=16", "input_px=16"]}[model]
+    cls = get_plugin_manager(env={}).models.get(model)
+    plain, fold = fit_tiny(cls, opts)
+    smoothed, _ = fit_tiny(cls, opts + ["smooth=5"], fold=fold)
+    query = fold.queries[0]
+    np.testing.assert_allclose(smoothed.predict(query), smooth_predictions(plain.predict(query), query.coords, 5),
+                               rtol=1e-5, atol=1e-6)

@@ -53,6 +53,7 @@ class ContrastiveOptions:
     eval_augment: Optional[bool] = None
     workers: int = option(0, ge=0)
     freeze_encoder: bool = False
+    smooth: int = option(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,14 @@ class ContrastiveModel(Model):
             self.ref_emb = self.embed_spots(self.ref_values)
 
     def predict(self, slide: SlidePatches) -> np.ndarray:
+        """Top-K retrieval and aggregation (``-o smooth=N``: each spot averaged with its N-1 nearest spots')."""
         from stbench.nn.retrieval import predict_by_retrieval
+        from stbench.nn.spatial import smooth_predictions
 
         query = self.embed_images(slide, salt=10_000)
-        return np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
+        pred = np.asarray(predict_by_retrieval(query, self.ref_emb, self.ref_values, k=self.opts.top_k,
                                                method=self.opts.aggregation, device=self.device), dtype=np.float32)
+        return smooth_predictions(pred, slide.coords, self.opts.smooth)
 
     def embed(self, slide: SlidePatches) -> np.ndarray:
         return self.embed_images(slide, salt=20_000)
