@@ -9,9 +9,18 @@ LayerNorm + Linear(1024 -> G). MSE, Adam lr 1e-5, one slide per step, 100 epochs
 Attention uses ``scaled_dot_product_attention``: on CPU and CUDA that runs a fused (flash or
 memory-efficient) kernel, so no N x N x heads attention matrix is materialised and slides of
 thousands of spots fit in a few GB.
+
+The limit: memory still grows linearly and time quadratically with the spots of a sequence. Training at
+the paper's size keeps about 0.6 MB of activations per spot (8 layers x ~57 KB: 4 x dim + 5 x heads x
+dim_head + 2 x mlp_dim floats, plus the 150 KB float patch kept for the embedding's gradient; measured:
+0.60 MB in float32, 0.36 MB with CUDA's bf16 autocast, benchmarks/bench_histogene_memory.py), so a slide
+above ``max_spots`` (20,000: ~12 GB of activations) is a one-line error unless ``-o window=N`` splits it
+into spatially contiguous windows of at most N spots, each one sequence, in training and prediction
+(:func:`spatial_windows`); slides of at most N spots stay one sequence, as without the option.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -21,6 +30,7 @@ import numpy as np
 from stbench import Model, ModelCard, SlidePatches
 from stbench.errors import DataError
 from stbench.options import option
+from stbench.slide import ImagesView
 
 #: CPU preset: the same 112 px field of view downsampled to 32 px, a 4-layer 256-wide transformer
 #: (4 heads x 64, MLP 512), raw pixels as upstream, Adam 1e-3 for 150 epochs (a fold of 4 reference
@@ -28,6 +38,8 @@ from stbench.options import option
 #: profile after 600 steps). lr chosen on reference slides only (fit C2, C3, C5; score C6).
 QUICK = {"input_px": 32, "dim": 256, "depth": 4, "heads": 4, "dim_head": 64, "mlp_dim": 512,
          "lr": 1e-3, "epochs": 150}
+#: The most spots taken as one sequence without ``-o window`` (see the module doc and the README).
+MAX_SPOTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class HisToGeneOptions:
     weight_decay: float = option(0.0, ge=0)
     epochs: int = option(100, ge=1)
     embed_chunk: int = option(256, ge=1)
+    window: Optional[int] = option(None, ge=1)
+    max_spots: int = option(MAX_SPOTS, ge=1)
 
 
 def build_network(opts: HisToGeneOptions, in_features: int, n_genes: int) -> Any:
@@ -128,6 +142,38 @@ def slide_tokens(slide: SlidePatches, crop: int, size: int | None, block: int = 
     return torch.cat(parts)
 
 
+def spatial_windows(coords: np.ndarray, size: int) -> list[np.ndarray]:
+    """Spot indices (each sorted) of spatially contiguous windows of at most ``size`` spots that together
+    hold every spot once: the cells of a k-d tree. A part of more than ``size`` spots is cut across its longer
+    side (x or y extent) between the two distinct coordinate values nearest its median spot, recursively, so
+    every window is the set of spots inside an axis-aligned rectangle, and no window's rectangle overlaps
+    another's; on a regular grid the parts of a cut differ by at most one row or column of spots."""
+    xy = np.asarray(coords, dtype=np.float64)
+    parts, todo = [], [np.arange(len(xy))]
+    while todo:
+        idx = todo.pop()
+        if len(idx) <= size:
+            parts.append(np.sort(idx))
+            continue
+        pts = xy[idx]
+        axis = int(np.ptp(pts[:, 1]) > np.ptp(pts[:, 0]))
+        order = np.lexsort((pts[:, 1 - axis], pts[:, axis]))
+        cut = _cut_near_median(pts[order, axis], pts[order, 1 - axis])
+        todo += [idx[order[cut:]], idx[order[:cut]]]
+    return parts
+
+
+def _cut_near_median(values: np.ndarray, other: np.ndarray) -> int:
+    """Where to cut sorted ``values``: the change of value nearest the middle; without one (all spots on one
+    line across the axis), the change of ``other`` nearest the middle; without that (one point), the middle."""
+    half = len(values) // 2
+    for v in (values, other):
+        changes = np.flatnonzero(np.diff(v) != 0) + 1
+        if len(changes):
+            return int(changes[np.argmin(np.abs(changes - half))])
+    return half
+
+
 class HisToGene(Model):
     """HisToGene: a transformer over the spots of a whole slide."""
 
@@ -150,6 +196,9 @@ class HisToGene(Model):
             "spot grid positions outside 0..n_pos-1 are an error (upstream would index out of range); "
             "-o positions=shift subtracts each slide's minimum",
             "super-resolution inference is not implemented",
+            "a slide of more than max_spots=20000 spots is an error (training at the paper's size keeps ~0.6 MB "
+            "of activations per spot); -o window=N splits larger slides into spatially contiguous windows of at "
+            "most N spots, each one sequence (an addition: upstream always takes the whole slide)",
         ),
     )
     profiles = {"quick": QUICK}
@@ -180,6 +229,27 @@ class HisToGene(Model):
             )
         return torch.from_numpy(np.array(grid, dtype=np.int64))
 
+    def sequences(self, slide: SlidePatches) -> list[tuple[np.ndarray | None, SlidePatches]]:
+        """The sequences a slide is given as: ``[(None, slide)]``, or with ``-o window=N`` for a slide of more
+        than N spots, ``(spot indices, the window as a slide)`` per window (images read lazily)."""
+        n, window = len(slide), self.opts.window
+        if window is None:
+            if n > self.opts.max_spots:
+                limit = self.opts.max_spots
+                raise DataError(
+                    f"slide '{slide.slide_id}' has {n} spots, more than histogene takes as one sequence "
+                    f"(max_spots={limit}: attention over all spots, ~0.6 MB of activations per spot to train at the "
+                    f"paper's size); pass -o window={limit} to split it into spatially contiguous windows of at most "
+                    f"{limit} spots, or raise -o max_spots on a device with the memory")
+            return [(None, slide)]
+        if n <= window:
+            return [(None, slide)]
+        return [(idx, dataclasses.replace(
+            slide, barcodes=slide.barcodes[idx], coords=slide.coords[idx], grid=slide.grid[idx],
+            images=ImagesView(slide.images, idx),
+            expression=None if slide.expression is None else slide.expression[idx]))
+            for idx in spatial_windows(slide.coords, window)]
+
     # -- training -------------------------------------------------------------------------------
     def fit(self, train: Sequence[SlidePatches], genes: Sequence[str]) -> None:
         """One whole slide per step (tokens, positions -> every spot's expression), slides in a seeded
@@ -207,13 +277,13 @@ class HisToGene(Model):
         self.net = net
 
     def _slide_steps(self, train: Sequence[SlidePatches]) -> list[tuple[tuple[Any, Any], Any]]:
-        """One training step per reference slide with spots: ((tokens, positions), expression).
-        Sets ``in_features``; every slide must give tokens of that size."""
+        """One training step per reference slide with spots (per window of it, see :meth:`sequences`):
+        ((tokens, positions), expression). Sets ``in_features``; every slide must give tokens of that size."""
         import torch
 
         self.in_features = None
         steps = []
-        for s in (s for s in train if len(s)):
+        for s in (part for slide in train if len(slide) for _, part in self.sequences(slide)):
             tokens = self.tokens(s)
             if self.in_features is None:
                 self.in_features = int(tokens.shape[1])
@@ -236,18 +306,24 @@ class HisToGene(Model):
 
     # -- inference ------------------------------------------------------------------------------
     def predict(self, slide: SlidePatches) -> np.ndarray:
-        """The whole slide in one forward pass (one sequence); rows follow the slide's spot order."""
+        """The whole slide in one forward pass (one sequence; one per window with ``-o window``); rows follow
+        the slide's spot order."""
         import torch
 
         from stbench.nn.trainer import autocast
 
         if not len(slide):
             return np.zeros((0, len(self.genes)), np.float32)
-        tokens, pos = self.tokens(slide).to(self.device), self.positions(slide).to(self.device)
         self.net.eval()
-        with torch.no_grad(), autocast(self.device):
-            pred = self.net(tokens, pos)
-        return pred.float().cpu().numpy()
+        out = np.zeros((len(slide), len(self.genes)), np.float32)
+        for idx, part in self.sequences(slide):
+            tokens, pos = self.tokens(part).to(self.device), self.positions(part).to(self.device)
+            with torch.no_grad(), autocast(self.device):
+                pred = self.net(tokens, pos).float().cpu().numpy()
+            if idx is None:
+                return pred
+            out[idx] = pred
+        return out
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
