@@ -66,7 +66,8 @@ class VisiumHDReader(SlideReader):
       full-resolution microscope image, ``image_scale = 1``; without it, the bin folder's (else the
       slide's) ``spatial/tissue_hires_image.png`` with ``tissue_hires_scalef`` and a UserWarning.
 
-    ``uns['stbench']`` adds ``bin_size_um``, ``positions_format`` and ``n_spots_in_tissue``.
+    ``uns['stbench']`` adds ``bin_size_um``, ``positions_format`` and ``n_spots_in_tissue``. A catalogue entry
+    sets ``patch_px`` to about ``bin_um / (um per pixel)`` (see the module doc).
     Params: ``bin_um``, ``image``, ``pixel_size_um``, ``min_match_rate`` (0.9), ``check_bounds`` (true).
     """
 
