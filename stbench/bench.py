@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import OptionError, ResultsError, StbenchError
+from .exec.base import Executor
 from .options import parse_pairs
 from .plugins import Plugins
 from .report.results import load_result, result_path
@@ -27,6 +28,7 @@ class GridOutcome:
     status: str
     path: Path | None = None
     reason: str = ""
+    log: Path | None = None
 
 
 @dataclass
@@ -76,44 +78,65 @@ def grid_requests(plugins: Plugins, models: str | Sequence[str], datasets: str |
 
 def completed(plugins: Plugins, req: RunRequest, out_dir: str | Path) -> tuple[Path | None, str]:
     """(results file, "") if this configuration already ran, else (None, why it must run)."""
+    path, why, _ = _status(plugins, req, out_dir)
+    return path, why
+
+
+def _status(plugins: Plugins, req: RunRequest, out_dir: str | Path) -> tuple[Path | None, str, str]:
+    """``completed()`` and the configuration hash."""
     p = plan(plugins, req)
     path = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
     if not path.exists():
-        return None, "not run yet"
+        return None, "not run yet", p["hash"]
     try:
         result = load_result(path)
     except ResultsError as e:
-        return None, f"rerun: {e}"
+        return None, f"rerun: {e}", p["hash"]
     if result.config_hash != p["hash"]:
-        return None, f"rerun: {path} records configuration {result.config_hash}, expected {p['hash']}"
+        return None, f"rerun: {path} records configuration {result.config_hash}, expected {p['hash']}", p["hash"]
     stale = stale_reason(result, p["versions"])
     if stale:
-        return None, f"rerun: {path} was {stale}"
-    return path, ""
+        return None, f"rerun: {path} was {stale}", p["hash"]
+    return path, "", p["hash"]
+
+
+def log_path(out_dir: str | Path, req: RunRequest, chash: str) -> Path:
+    """Where a remote run's log goes: ``<out>/logs/<model>/<dataset>.<protocol>.<hash>.log``, beside
+    the results file's name."""
+    return Path(out_dir).resolve() / "logs" / req.model / f"{req.dataset}.{req.protocol}.{chash}.log"
 
 
 def run_grid(plugins: Plugins, requests: Sequence[RunRequest], out_dir: str | Path,
-             progress: Callable[..., None] | None = None, keep_going: bool = False) -> GridReport:
-    """Run the requests in order, skipping completed ones. ``progress("grid", i, n, ...)`` reports
-    the whole grid; each run's own progress goes through the same callback."""
-    report_fn = progress or (lambda *a, **k: None)
-    report = GridReport()
+             progress: Callable[..., None] | None = None, keep_going: bool = False,
+             executor: Executor | None = None) -> GridReport:
+    """Skip the completed requests, hand the others to ``executor`` (default: one after another in this
+    process) and report every request in order. ``progress("grid", i, n, ...)`` reports the whole grid;
+    with the local executor each run's own progress goes through the same callback. A failed run stops
+    the grid with a StbenchError unless ``keep_going`` (then it is reported as ``failed``)."""
+    from .exec import GridContext, LocalExecutor, Task
+
+    outcomes: dict[int, GridOutcome] = {}
+    tasks = []
     for i, req in enumerate(requests):
         what = f"{req.model} on {req.dataset} ({req.protocol}, seed {req.seed})"
-        report_fn("grid", i, len(requests), run=what)
-        path, why = completed(plugins, req, out_dir)
+        path, why, chash = _status(plugins, req, out_dir)
         if path is not None:
-            report.outcomes.append(GridOutcome(req, "skipped", path, "already done"))
+            outcomes[i] = GridOutcome(req, "skipped", path, "already done")
             continue
         if why.startswith("rerun"):
             log.warning("%s: %s", what, why)
-        try:
-            _, path = run(plugins, req, out_dir, progress=progress)
-        except StbenchError as e:
-            if not keep_going:
-                raise StbenchError(f"{what} failed: {e} (completed runs are kept; rerun the same command to resume)") from None
-            report.outcomes.append(GridOutcome(req, "failed", None, str(e)))
-            continue
-        report.outcomes.append(GridOutcome(req, "ran", path, why))
-    report_fn("grid", len(requests), len(requests))
-    return report
+        tasks.append(Task(i, req, what, why, log_path(out_dir, req, chash)))
+    ctx = GridContext(plugins, Path(out_dir), len(requests), keep_going, progress,
+                      run=lambda *a, **k: run(*a, **k), done=len(outcomes))
+    stopped = (executor or LocalExecutor()).execute(tasks, ctx) if tasks else ""
+    for task, o in ctx.results:
+        outcomes[task.index] = GridOutcome(task.request, o.status, Path(o.path) if o.path else None,
+                                           o.error if o.status != "ran" else task.why, Path(o.log) if o.log else None)
+    failed = next((t for t, o in ctx.results if o.status == "failed"), None)
+    if failed is not None and not keep_going:
+        o = outcomes[failed.index]
+        where = f"log: {o.log}; " if o.log else ""
+        raise StbenchError(f"{failed.label} failed: {o.reason} ({where}{stopped + '; ' if stopped else ''}"
+                           "completed runs are kept; rerun the same command to resume)")
+    ctx.report("grid", len(requests), len(requests))
+    return GridReport([outcomes[i] for i in sorted(outcomes)])

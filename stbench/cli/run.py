@@ -54,14 +54,32 @@ def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str,
 @click.option("--leaderboard", "board", default=None, type=click.Path(dir_okay=False), help="Markdown to render at the end [default: OUT/LEADERBOARD.md].")
 @click.option("--no-predictions", is_flag=True, help="Do not write predictions files.")
 @click.option("--keep-going", is_flag=True, help="Record a failed run and go on with the rest.")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "ray", "slurm"]),
+              help="Where runs execute: here one after another, as Ray tasks, or as SLURM jobs (docs/cluster.md).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster: host:port, auto or ray://host:10001 [default: RAY_ADDRESS, else start a local one].")
+@click.option("--slurm-profile", default=None, type=click.Path(dir_okay=False),
+              help="TOML file of SLURM settings (partition, time, gpus_per_run, setup, ...).")
+@click.option("--slurm-partition", default=None, help="SLURM partition (over the profile's).")
+@click.option("--slurm-time", default=None, help="SLURM time limit per run: minutes, H:MM:SS or D-H:MM:SS.")
+@click.option("--cpus-per-run", type=int, default=None,
+              help="CPUs per run (ray, slurm) [default: 1]; torch uses as many threads.")
+@click.option("--gpus-per-run", type=int, default=None, help="GPUs per run (ray, slurm) [default: 0].")
+@click.option("--mem-gb", type=float, default=None, help="Memory per run in GB (ray, slurm).")
 @click.pass_context
 def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profile: str | None, options: tuple[str, ...],
-          seeds: int, folds: str, device: str, out: str, board: str | None, no_predictions: bool, keep_going: bool) -> None:
+          seeds: int, folds: str, device: str, out: str, board: str | None, no_predictions: bool, keep_going: bool,
+          executor: str, ray_address: str | None, slurm_profile: str | None, slurm_partition: str | None,
+          slurm_time: str | None, cpus_per_run: int | None, gpus_per_run: int | None, mem_gb: float | None) -> None:
     """Run every model x dataset x protocol x seed (skipping runs already in OUT), then render the leaderboard."""
     from ..atomic import write_text
     from ..bench import grid_requests, run_grid
+    from ..exec import get_executor
     from .progress import RichProgress
 
+    runner = get_executor(executor, cpus=cpus_per_run, gpus=gpus_per_run, mem_gb=mem_gb, ray_address=ray_address,
+                          slurm_profile=slurm_profile, slurm_partition=slurm_partition, slurm_time=slurm_time,
+                          device=device)
     plugins = _app(ctx).plugins
     protocol_list = [p.strip() for p in protocols.split(",") if p.strip()]
     for p in protocol_list:
@@ -70,13 +88,15 @@ def bench(ctx: click.Context, models: str, datasets: str, protocols: str, profil
     requests = grid_requests(plugins, models, datasets, protocol_list, seeds, options, profile, folds, device,
                              save_predictions=not no_predictions)
     console = _console()
-    console.print(f"grid: {len(requests)} run(s) into {out}")
+    where = f" ({runner.describe()})" if executor != "local" else ""
+    console.print(f"grid: {len(requests)} run(s) into {out}{where}")
     with RichProgress(console) as progress:
-        report = run_grid(plugins, requests, out, progress=progress, keep_going=keep_going)
+        report = run_grid(plugins, requests, out, progress=progress, keep_going=keep_going, executor=runner)
     for o in report.outcomes:
         r = o.request
+        log_note = f" (log: {o.log})" if o.log else ""
         console.print(f"{o.status:<8} {r.model} on {r.dataset} ({r.protocol}, seed {r.seed})"
-                      + (f": {o.reason}" if o.status == "failed" else f"  {o.path}"))
+                      + (f": {o.reason}{log_note}" if o.status == "failed" else f"  {o.path}"))
     target = Path(board) if board else Path(out) / "LEADERBOARD.md"
     write_text(target, render_board(ctx, out, target, None))
     console.print(f"{report.count('ran')} ran, {report.count('skipped')} skipped, {report.count('failed')} failed; leaderboard: {target}")
