@@ -266,3 +266,20 @@ def test_slurm_without_slurm_is_a_one_line_error(cli, tmp_path):
     res = cli(*GRID, "--out", str(tmp_path), "--executor", "slurm", "--slurm-time", "10")
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert 'Could not detect "srun"' in res.stderr and 'cluster = "local"' in res.stderr
+
+
+def test_a_worker_rebuilds_the_drivers_plugins_catalogues_and_folders(boom_dir, tmp_path, monkeypatch):
+    from conftest import FIXTURE_CATALOG
+    from stbench.exec.worker import WorkerSetup
+
+    monkeypatch.chdir(tmp_path)
+    env = {"STBENCH_DATA": "rel/data", "STBENCH_CATALOG": str(FIXTURE_CATALOG), "STBENCH_LOAD_PLUGINS": "boom_plugin",
+           "HOME": "/elsewhere"}
+    driver = get_plugin_manager([boom_dir], env=env)
+    setup = WorkerSetup.from_plugins(driver, threads=4, environ=env)
+    assert setup.plugins_dirs == (str(boom_dir.resolve()),) and setup.catalogs == (str(FIXTURE_CATALOG.resolve()),)
+    assert dict(setup.env) == {"STBENCH_DATA": str(tmp_path.resolve() / "rel" / "data"), "STBENCH_CATALOG": "",
+                               "STBENCH_LOAD_PLUGINS": "boom_plugin"}
+    worker = get_plugin_manager(setup.plugins_dirs, setup.catalogs, env=dict(setup.env))
+    assert worker.models.names() == driver.models.names() == ["boom"]
+    assert worker.datasets.names() == driver.datasets.names() and "her2st_mini_HVG" in worker.datasets.names()
