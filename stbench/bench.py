@@ -2,7 +2,9 @@
 
 A run whose results file already exists for the same configuration hash is skipped, so an
 interrupted grid picks up where it stopped; a results file that does not load (truncated, edited,
-old schema) is run again and replaced. Options apply to every model that has them.
+old schema) is run again and replaced. Options apply to every model that has them. The runs not yet
+complete go to an executor (:mod:`stbench.exec`): one after another in this process by default, or Ray
+tasks, or SLURM jobs, all writing into the same results folder.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import OptionError, ResultsError, StbenchError
-from .exec.base import Executor
+from .exec import Executor, GridContext, LocalExecutor, Task
 from .options import parse_pairs
 from .plugins import Plugins
 from .report.results import load_result, result_path
@@ -113,8 +115,6 @@ def run_grid(plugins: Plugins, requests: Sequence[RunRequest], out_dir: str | Pa
     process) and report every request in order. ``progress("grid", i, n, ...)`` reports the whole grid;
     with the local executor each run's own progress goes through the same callback. A failed run stops
     the grid with a StbenchError unless ``keep_going`` (then it is reported as ``failed``)."""
-    from .exec import GridContext, LocalExecutor, Task
-
     outcomes: dict[int, GridOutcome] = {}
     tasks = []
     for i, req in enumerate(requests):
