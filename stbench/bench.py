@@ -89,17 +89,54 @@ def _status(plugins: Plugins, req: RunRequest, out_dir: str | Path) -> tuple[Pat
     p = plan(plugins, req)
     path = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
     if not path.exists():
-        return None, "not run yet", p["hash"]
+        path = equivalent_result(p, out_dir, req)
+        if path is None:
+            return None, "not run yet", p["hash"]
     try:
         result = load_result(path)
     except ResultsError as e:
         return None, f"rerun: {e}", p["hash"]
-    if result.config_hash != p["hash"]:
+    if result.config_hash != p["hash"] and not same_configuration(result.config, p):
         return None, f"rerun: {path} records configuration {result.config_hash}, expected {p['hash']}", p["hash"]
     stale = stale_reason(result, p["versions"])
     if stale:
         return None, f"rerun: {path} was {stale}", p["hash"]
     return path, "", p["hash"]
+
+
+def same_configuration(recorded: dict, p: dict) -> bool:
+    """Whether a recorded configuration is the planned one, allowing for options the model gained since
+    the file was written: an option the record lacks counts as set to its default (a new option keeps
+    what the model did before; a change of behaviour bumps ``Model.version`` instead)."""
+    import dataclasses
+
+    from .options import options_dict
+
+    config = p["config"]
+    if {k: v for k, v in recorded.items() if k != "options"} != {k: v for k, v in config.items() if k != "options"}:
+        return False
+    defaults = options_dict(type(p["options"])())
+    old = recorded.get("options", {})
+    names = {f.name for f in dataclasses.fields(p["options"])}
+    if set(old) - names:
+        return False
+    return all(old[k] == v if k in old else v == defaults.get(k) for k, v in config["options"].items())
+
+
+def equivalent_result(p: dict, out_dir: str | Path, req: RunRequest) -> Path | None:
+    """A results file of this model, dataset and protocol whose configuration is the planned one by
+    :func:`same_configuration` (written before the model gained options), or None."""
+    import json
+
+    folder = Path(out_dir) / req.model
+    for path in sorted(folder.glob(f"{req.dataset}.{req.protocol}.*.json")):
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, dict) and same_configuration(recorded, p):
+            return path
+    return None
 
 
 def log_path(out_dir: str | Path, req: RunRequest, chash: str) -> Path:

@@ -442,3 +442,19 @@ def test_declared_dependencies_match_what_is_imported():
     extras = project["optional-dependencies"]
     assert any("matplotlib" in d for d in extras["figures"]) and any("umap-learn" in d for d in extras["figures"])
     assert "stbench[all]" in extras["dev"]
+
+
+def test_bench_keeps_a_result_written_before_the_model_gained_an_option(cli, tmp_path):
+    out = tmp_path / "res"
+    args = ("bench", "--models", "random-k", "--datasets", "synthetic", "--folds", "syn1", "--out", str(out))
+    assert "1 ran, 0 skipped" in cli(*args).output
+    (path,) = (out / "random-k").glob("*.json")
+    data = json.loads(path.read_text())
+    data["config"]["options"] = {}  # as written when random-k had no options: k was its default, 50
+    data["config_hash"] = "0123456789ab"
+    path.unlink()
+    (out / "random-k" / "synthetic.strict.0123456789ab.json").write_text(json.dumps(data))
+    assert "0 ran, 1 skipped" in cli(*args).output
+    changed = cli("bench", "--models", "random-k", "--datasets", "synthetic", "--folds", "syn1", "-o", "k=5",
+                  "--out", str(out))
+    assert "1 ran, 0 skipped" in changed.output  # another value of the option is another configuration
