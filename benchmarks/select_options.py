@@ -50,10 +50,13 @@ def main() -> None:
     parser.add_argument("--candidate", action="append", required=True, help="MODEL[:k=v,k=v]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--outer", default=None, help="only these outer query slides, comma-separated (cheaper)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plugins = get_plugin_manager()
     inner = inner_datasets(plugins, args.dataset)
+    if args.outer:
+        inner = [(q, name) for q, name in inner if q in args.outer.split(",")]
     print(f"{'candidate':<64} {'inner Pearson':>13} {'per outer fold':>40} {'s':>6}")
     for candidate in args.candidate:
         model, options = parse(candidate)
