@@ -46,7 +46,7 @@ def counts_matrix(X: Any) -> Any:
     """Counts as a scipy CSR matrix of float32."""
     import scipy.sparse as sp
 
-    return X.tocsr().astype(np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
+    return X.tocsr().astype(np.float32, copy=False) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
 
 
 def n_zero_count_spots(X: Any) -> int:
