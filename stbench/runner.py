@@ -18,6 +18,7 @@ from .options import build_options, changed_options, check_seed, options_dict, p
 from .plugins import Plugins
 from .report.predictions import PredictionsWriter, collect_slide_predictions, predictions_path
 from .report.results import RunResult, config_hash, environment, result_path
+from .nn.distributed import check_precision, checkpointing
 
 Progress = Callable[..., None]
 
@@ -50,6 +51,10 @@ class RunRequest:
     device: str = "auto"
     save_predictions: bool = True
     save_models: str | None = None
+    #: keep each fold's last-epoch training state under ``<out>/checkpoints/`` while the run lasts
+    checkpoints: bool = False
+    #: continue each fold from that state (implies ``checkpoints``)
+    resume: bool = False
 
 
 def _check_prediction(pred: Any, n_spots: int, n_genes: int, model: str, slide: str) -> np.ndarray:
@@ -103,34 +108,62 @@ def stale_reason(result: RunResult, versions: dict[str, Any]) -> str | None:
 def run(plugins: Plugins, req: RunRequest, out_dir: str | Path | None = None,
         progress: Progress | None = None, workdir: str | Path | None = None) -> tuple[RunResult, Path | None]:
     """Run every fold; write the results file into ``out_dir`` (if given) and return both. Each query
-    slide's truth and predictions go to the predictions file as soon as the slide is scored."""
+    slide's truth and predictions go to the predictions file as soon as the slide is scored.
+
+    Under several data-parallel processes (:mod:`stbench.nn.distributed`) every rank runs every fold and
+    rank 0 alone writes the results, predictions, bundles and checkpoints."""
+    from .nn.distributed import rank_device, world
+
     p = plan(plugins, req)
+    main = world().main
     target = None
     if out_dir is not None:
         target = result_path(out_dir, req.model, req.dataset, req.protocol, p["hash"])
-        _check_writable(target.parent)
+        if main:
+            _check_writable(target.parent)
     bundles = _bundle_folders(req, p["folds"])
-    device = resolve_device(req.device)
+    device = rank_device(resolve_device(req.device))
+    check_precision(p["options"], device)
+    checkpoints = checkpoint_folder(target) if target is not None and (req.checkpoints or req.resume) else None
     metrics = list(plugins.metrics.values())
     report = progress or (lambda *a, **k: None)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         writer = None
-        if target is not None and req.save_predictions:
+        if target is not None and req.save_predictions and main:
             writer = stack.enter_context(PredictionsWriter(predictions_path(target), {
                 "model": req.model, "dataset": req.dataset, "protocol": req.protocol, "config_hash": p["hash"]}))
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="stbench-"))
         for i, fold in enumerate(p["folds"]):
             report("folds", i, len(p["folds"]), fold=fold.name)
-            records += run_fold(plugins, p, req, fold, metrics, device, Path(workdir or scratch) / f"fold{i}",
-                                progress, writer.add if writer is not None else None, bundles.get(fold.name))
+            with checkpointing(checkpoints / f"fold{i}" if checkpoints is not None else None, req.resume):
+                records += run_fold(plugins, p, req, fold, metrics, device, Path(workdir or scratch) / f"fold{i}",
+                                    progress, writer.add if writer is not None else None, bundles.get(fold.name))
         report("folds", len(p["folds"]), len(p["folds"]))
         result = _result(plugins, req, p, metrics, records, device, time.perf_counter() - started)
         if writer is not None:
             writer.meta["label"] = result.label
-    path = result.save(target) if target is not None else None
+    path = result.save(target) if target is not None and main else None
+    if checkpoints is not None and main:
+        _remove_checkpoints(checkpoints)
     return result, path
+
+
+def checkpoint_folder(target: Path) -> Path:
+    """Where a run keeps its folds' last-epoch training state: ``<out>/checkpoints/<model>/<results name>``
+    (no ``.json`` inside, so a results folder stays readable by the leaderboard)."""
+    return target.parent.parent / "checkpoints" / target.parent.name / target.stem
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    """A finished run's training state is not kept; empty parent folders go too."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def _bundle_folders(req: RunRequest, folds: list[Any]) -> dict[str, Path]:
@@ -151,13 +184,16 @@ def run_fold(plugins: Plugins, p: dict[str, Any], req: RunRequest, fold: Any, me
     """Prepare one fold, fit a fresh model on its reference slides (kept as a bundle in ``bundle`` when
     given), predict and score each query slide; ``sink`` receives what the predictions file keeps of
     each. Returns the fold records."""
-    prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
+    from .nn.distributed import main_first, world
+
+    with main_first():  # rank 0 builds any cache first; the others read it
+        prepared = p["dataset"].prepare(fold, req.protocol, progress=progress)
     model = p["model_cls"](p["options"], device=device, seed=req.seed, protocol=req.protocol, workdir=workdir,
                            progress=progress, dataset_info=prepared.info)
     t0 = time.perf_counter()
     model.fit(list(prepared.train), list(prepared.genes))
     fit_s = time.perf_counter() - t0
-    if bundle is not None:
+    if bundle is not None and world().main:
         from .bundle import save_bundle
         from .training import bundle_manifest
 
@@ -192,11 +228,18 @@ def _result(plugins: Plugins, req: RunRequest, p: dict[str, Any], metrics: list[
         options=options_dict(p["options"]), changed_options=changed_options(p["options"]), plugin=plugin_info,
         baseline=bool(cls.card.baseline), split=req.folds if req.folds != "default" else p["dataset"].default_split,
         dataset_info=p["dataset"].info(), metrics={m.name: m.meta() for m in metrics},
-        folds=records, summary=summarise(records), environment=environment(device), wall_seconds=wall_seconds,
+        folds=records, summary=summarise(records), wall_seconds=wall_seconds,
+        environment=environment(device, world_size=_world_size(), precision=check_precision(p["options"], device)),
         config=p["config"], config_hash=p["hash"], created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"profile_changes": profile_changes(cls, p["options"], p["profile"]), "versions": p["versions"],
                "card": cls.card.recorded()},
     )
+
+
+def _world_size() -> int:
+    from .nn.distributed import world
+
+    return world().size
 
 
 def _check_writable(folder: Path) -> None:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stbench import ModelCard
-from stbench_contrastive.model import QUICK_PROFILE, BiModalOptions, ContrastiveModel
+from stbench_contrastive.model import PRECISION_NOTE, QUICK_PROFILE, BiModalOptions, ContrastiveModel
 
 
 class BLEEP(ContrastiveModel):
@@ -21,7 +21,9 @@ class BLEEP(ContrastiveModel):
         deviations=(
             "validation is a seeded 80/20 split of the reference spots (upstream: random_split of the slices)",
             "strict protocol: RGB + ImageNet normalisation, no test-time augmentation",
-            "single process; no DDP and no duplicated gradient all-reduce",
+            "one process by default; with --devices N the embeddings are gathered so the loss sees the global "
+            "batch, as upstream's DDP training did, but its second, redundant gradient all-reduce is not reproduced",
+            PRECISION_NOTE,
         ),
     )
     profiles = {"quick": QUICK_PROFILE}

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stbench import ModelCard
-from stbench_contrastive.model import QUICK_PROFILE, BiModalOptions, ContrastiveModel
+from stbench_contrastive.model import PRECISION_NOTE, QUICK_PROFILE, BiModalOptions, ContrastiveModel
 
 
 class CLIP(ContrastiveModel):
@@ -22,6 +22,7 @@ class CLIP(ContrastiveModel):
             "the papers did not publish their CLIP baseline; this is stbench's specification: BLEEP's "
             "architecture and training, loss = (CE(s Shat Ihat^T, I) + CE(transpose, I)) / 2, s = exp(t), "
             "t initialised to log(1/0.07), s capped at 100",
+            PRECISION_NOTE,
         ),
     )
     profiles = {"quick": QUICK_PROFILE}

@@ -25,7 +25,7 @@ def fit_heads(model: Any, train: Sequence[Any], opts: Any) -> None:
     import torch
 
     from stbench.nn.features import FeatureBatches, slide_views
-    from stbench.nn.trainer import fit, reference_split
+    from stbench.nn.trainer import fit, fit_options, reference_split
 
     from .model import build_network
 
@@ -40,7 +40,8 @@ def fit_heads(model: Any, train: Sequence[Any], opts: Any) -> None:
     net = build_network(opts, len(model.genes), in_features=feats.shape[-1]).to(model.device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     model.history = fit(net, model._head_loss_fn(net, opts), optimizer, batches, val, epochs=opts.epochs,
-                        device=model.device, seed=model.seed, workdir=model.workdir, progress=model._progress)
+                        device=model.device, seed=model.seed, workdir=model.workdir, progress=model._progress,
+                        **fit_options(opts))
     model.net = net
 
 

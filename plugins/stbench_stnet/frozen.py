@@ -42,7 +42,7 @@ def _views(opts: Any) -> tuple[int, ...]:
 
 def fit_head(model: Any, train: Sequence[Any], train_rows: np.ndarray, val_rows: np.ndarray) -> None:
     from stbench.nn.features import FeatureBatches, slide_views
-    from stbench.nn.trainer import fit
+    from stbench.nn.trainer import fit, fit_options
 
     opts = model.opts
     if opts.augment == "histogene":
@@ -63,7 +63,7 @@ def fit_head(model: Any, train: Sequence[Any], train_rows: np.ndarray, val_rows:
            if len(val_rows) else None)
     model.history = fit(net, model._loss_fn(net, inputs=lambda x, train: x), model._optimizer(net), batches, val,
                         epochs=opts.epochs, device=model.device, seed=model.seed, workdir=model.workdir,
-                        progress=model._progress, select_best=opts.select == "best_val")
+                        progress=model._progress, select_best=opts.select == "best_val", **fit_options(opts))
     model.net = net
 
 

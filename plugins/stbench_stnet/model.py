@@ -59,6 +59,10 @@ class STNetOptions:
     workers: int = option(0, ge=0)
     freeze_encoder: bool = False
     smooth: int = option(0, ge=0)
+    precision: Literal["auto", "bf16-mixed", "32"] = "auto"
+    accumulate: int = option(1, ge=1)
+    lr_schedule: Literal["none", "cosine"] = "none"
+    warmup_steps: int = option(0, ge=0)
 
 
 def build_network(opts: STNetOptions, n_genes: int) -> Any:
@@ -138,6 +142,9 @@ class STNet(Model):
             "timm DenseNet-121 with the torchvision ImageNet weights (densenet121.tv_in1k)",
             "the last incomplete training batch is dropped; patches are the centred 224 px window of the "
             "cached 256 px patch (upstream read 224 px around the rounded spot centre)",
+            "precision: on CUDA, training and inference run under bf16 autocast by default (-o precision=auto; "
+            "upstream ran float32); -o precision=32 runs float32 as upstream; CPU runs are always float32; "
+            "results files record it (environment.precision)",
         ),
     )
     profiles = {"quick": QUICK, "htg": HTG}
@@ -189,6 +196,8 @@ class STNet(Model):
 
     def _loss_fn(self, net: Any, inputs: Any = None) -> Any:
         """Squared error per spot; ``inputs(batch, train)`` prepares a batch (default: the patch pipeline)."""
+        from stbench.nn.sharded import global_batch_size
+
         reduction = self.opts.loss_reduction
         prepare = inputs or (lambda images, train: self._inputs(images, train=train))
 
@@ -199,7 +208,7 @@ class STNet(Model):
             if reduction == "sum" and loss.requires_grad:
                 # Upstream summed over the batch. Keep that gradient (so lr means what it meant
                 # upstream) but report the per-spot mean, so losses compare across batch sizes.
-                b = per_spot.shape[0]
+                b = global_batch_size(per_spot.shape[0])  # the whole batch's, when processes share it
                 loss = loss * b - (loss * (b - 1)).detach()
             return loss
 
@@ -209,7 +218,7 @@ class STNet(Model):
         import torch
 
         from stbench.data.loader import PatchDataset
-        from stbench.nn.trainer import fit, reference_split, seed_everything
+        from stbench.nn.trainer import fit, fit_options, reference_split, seed_everything
 
         self.genes, self.opts = list(genes), self.options
         opts = self.opts
@@ -240,7 +249,8 @@ class STNet(Model):
         val_ds = PatchDataset(train, augment=False, seed=self.seed, rows=val_rows) if len(val_rows) else None
         self.history = fit(net, self._loss_fn(net), self._optimizer(net), train_ds, val_ds, epochs=opts.epochs,
                            batch_size=opts.batch_size, device=self.device, seed=self.seed, workers=opts.workers,
-                           workdir=self.workdir, progress=self._progress, select_best=opts.select == "best_val")
+                           workdir=self.workdir, progress=self._progress, select_best=opts.select == "best_val",
+                           generators=(self._generator,), **fit_options(opts))
         self.net = net
 
     # -- inference ------------------------------------------------------------------------------
@@ -276,7 +286,7 @@ class STNet(Model):
                              shuffle=False, workers=self.opts.workers)
         with torch.no_grad():
             for images, _, _ in loader:
-                with autocast(self.device):
+                with autocast(self.device, self.opts.precision):
                     out.append(self.forward_tta(self._inputs(images.to(self.device))).cpu())
         if not out:
             return np.zeros((0, len(self.genes)), np.float32)

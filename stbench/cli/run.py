@@ -1,9 +1,10 @@
 """``stbench run`` and ``stbench bench``: one run, and grids of runs."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -24,21 +25,75 @@ from .report import render_board
 @click.option("--no-predictions", is_flag=True, help="Do not write the predictions file (figures and exports need it).")
 @click.option("--save-models", default=None, type=click.Path(file_okay=False),
               help="Keep each fold's trained model as a bundle in DIR/<fold> (stbench predict applies it).")
+@click.option("--devices", default=1, show_default=True, type=int,
+              help="Data-parallel training processes per machine: one per GPU, or CPU processes with --device cpu.")
+@click.option("--num-nodes", default=1, show_default=True, type=int,
+              help="Machines taking part; needs torchrun or srun on every node (docs/cluster.md).")
+@click.option("--resume", is_flag=True, help="Continue each fold from its last complete epoch (OUT/checkpoints/...).")
 @click.pass_context
 def run(ctx: click.Context, model: str, dataset: str, folds: str, protocol: str, seed: int,
-        options: tuple[str, ...], device: str, out: str, no_predictions: bool, save_models: str | None) -> None:
+        options: tuple[str, ...], device: str, out: str, no_predictions: bool, save_models: str | None,
+        devices: int, num_nodes: int, resume: bool) -> None:
     """Fit and score MODEL on every fold of DATASET; write one results file."""
+    from ..nn.distributed import check_world
     from ..runner import RunRequest, run as run_one
     from .progress import RichProgress
 
+    if num_nodes < 1:
+        raise StbenchError(f"--num-nodes must be 1 or more, not {num_nodes}")
     plugins = _app(ctx).plugins
     req = RunRequest(model=model, dataset=dataset, folds=folds, protocol=protocol, seed=seed, options=options,
-                     device=device, save_predictions=not no_predictions, save_models=save_models)
-    console = _console()
-    with RichProgress(console) as progress:
-        result, path = run_one(plugins, req, out, progress=progress)
-    _print_summary(console, result)
-    console.print(f"results: {path}")
+                     device=device, save_predictions=not no_predictions, save_models=save_models,
+                     checkpoints=True, resume=resume)
+    launched = check_world(devices, num_nodes)
+    if launched is None and devices > 1:
+        sys.exit(_launch(ctx, plugins, req, devices))
+    with _process_group(req, launched) as main:
+        console = _console()
+        with RichProgress(console) if main else contextlib.nullcontext(None) as progress:
+            result, path = run_one(plugins, req, out, progress=progress)
+        if main:
+            _print_summary(console, result)
+            console.print(f"results: {path}")
+
+
+@contextlib.contextmanager
+def _process_group(req: Any, launched: Any) -> Iterator[bool]:
+    """Join the data-parallel processes (when a launcher started several); yields whether this is rank 0."""
+    if launched is None:
+        yield True
+        return
+    from ..nn.distributed import check_devices, init, shutdown
+    from ..runner import resolve_device
+
+    device = resolve_device(req.device)
+    check_devices(launched.local_size, device)
+    init(device, launched)
+    try:
+        yield launched.main
+    finally:
+        shutdown()
+
+
+def _launch(ctx: click.Context, plugins: Any, req: Any, devices: int) -> int:
+    """``--devices N`` on one machine: check what a user can get wrong here, then run this command as N
+    processes (torchrun's environment) and return their exit status."""
+    from ..nn.distributed import check_devices, check_precision, local_launch
+    from ..runner import plan, resolve_device
+
+    device = resolve_device(req.device)
+    check_devices(devices, device)
+    check_precision(plan(plugins, req)["options"], device)
+    root = ctx.find_root().params
+    args = [a for d in root.get("plugins_dir") or () for a in ("--plugins-dir", d)]
+    args += [a for c in root.get("catalog") or () for a in ("--catalog", c)]
+    params = ctx.params
+    args += ["run", "--model", req.model, "--dataset", req.dataset, "--folds", req.folds, "--protocol", req.protocol,
+             "--seed", str(req.seed), "--device", req.device, "--out", params["out"], "--devices", str(devices)]
+    args += [a for o in req.options for a in ("-o", o)]
+    args += ["--no-predictions"] * (not req.save_predictions) + ["--resume"] * req.resume
+    args += ["--save-models", req.save_models] if req.save_models else []
+    return local_launch(args, devices, cpu=device == "cpu")
 
 
 @cli.command()

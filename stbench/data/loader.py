@@ -133,10 +133,14 @@ class PatchDataset:
         return images, target, i
 
 
-    def batch(self, indices: Sequence[int]) -> tuple[Any, Any, Any]:
-        """Items ``indices`` collated: equal to stacking ``self[i]``, built a whole batch at a time."""
+    def batch(self, indices: Sequence[int], device: Any = None) -> tuple[Any, Any, Any]:
+        """Items ``indices`` collated: equal to stacking ``self[i]``, built a whole batch at a time. With
+        ``device``, the un-augmented uint8 patches are moved there and flipped / turned there (the same
+        values: flips and quarter turns are exact)."""
         import torch
 
+        if device is not None:
+            return self._batch_on(np.asarray(indices, dtype=np.int64), device)
         idx = np.asarray(indices, dtype=np.int64)
         slide_of, row_of = self.slide_of[idx], self.row_of[idx]
         shape = self.slides[0].images.shape[1:] if self.slides else (0, 0, 3)
@@ -158,6 +162,26 @@ class PatchDataset:
         target = torch.from_numpy(expr) if expr is not None else torch.empty((len(idx), 0))
         return out, target, torch.from_numpy(idx)
 
+    def _batch_on(self, idx: np.ndarray, device: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        slide_of, row_of = self.slide_of[idx], self.row_of[idx]
+        shape = self.slides[0].images.shape[1:] if self.slides else (0, 0, 3)
+        raw = np.empty((len(idx), *(int(v) for v in shape)), dtype=np.uint8)
+        first = self.slides[0].expression if self.slides else None
+        expr = np.empty((len(idx), first.shape[1]), np.float32) if first is not None else None
+        for s in np.unique(slide_of):
+            at = np.nonzero(slide_of == s)[0]
+            raw[at] = self._rows(int(s), row_of[at])
+            if expr is not None:
+                expr[at] = self.slides[s].expression[row_of[at]]
+        patches = torch.from_numpy(raw).to(device).permute(0, 3, 1, 2)
+        codes = self._codes(idx)
+        views = [dihedral_batch(patches, codes[:, v]) for v in range(self.views)]
+        out = views[0] if self.views == 1 else torch.stack(views, 1)
+        target = torch.from_numpy(expr) if expr is not None else torch.empty((len(idx), 0))
+        return out, target, torch.from_numpy(idx)
+
     def _codes(self, idx: np.ndarray) -> np.ndarray:
         """(n, views) augmentation codes hflip + 2 vflip + 4 k (0 without augmentation)."""
         codes = np.zeros((len(idx), self.views), dtype=np.int64)
@@ -168,6 +192,24 @@ class PatchDataset:
                     hf, vf, k = augment_params(self.seed, epoch, int(i), v)
                     codes[j, v] = hf + 2 * vf + 4 * k
         return codes
+
+
+def dihedral_batch(x: Any, codes: np.ndarray) -> Any:
+    """A (N, C, H, W) tensor with item i flipped / turned by ``codes[i]`` (hflip + 2 vflip + 4 k, as
+    :func:`_dihedral`), on the tensor's device; contiguous."""
+    import torch
+
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for code in np.unique(codes):
+        sel = torch.from_numpy(np.nonzero(codes == code)[0]).to(x.device)
+        out[sel] = augment(x.index_select(0, sel), bool(code & 1), bool(code & 2), int(code) >> 2)
+    return out
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous share ``[start, stop)`` of ``n`` items that process ``rank`` of ``world`` takes:
+    the shares are in rank order and differ in size by at most one item."""
+    return rank * n // world, (rank + 1) * n // world
 
 
 def _dihedral(batch: np.ndarray, code: int) -> np.ndarray:
@@ -184,14 +226,20 @@ class BatchLoader:
     """Iterates ``(images, expression, index)`` batches of a :class:`PatchDataset`, built by
     ``workers`` threads ahead of the consumer (0: in the calling thread). The shuffle order is drawn
     exactly as torch's DataLoader draws it from a generator seeded with ``seed`` (one new order per
-    pass), so training matches the per-item DataLoader batch for batch, whatever ``workers`` is."""
+    pass), so training matches the per-item DataLoader batch for batch, whatever ``workers`` is.
+
+    Process ``rank`` of ``world`` (data-parallel training) builds only its part of each pass: its
+    contiguous share of every batch (:func:`shard_bounds`), or with ``whole`` every ``world``-th whole
+    batch. ``device``: augment on that device (:meth:`PatchDataset.batch`)."""
 
     def __init__(self, dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 workers: int = 0, drop_last: bool = False, prefetch: int = 2) -> None:
+                 workers: int = 0, drop_last: bool = False, prefetch: int = 2, rank: int = 0, world: int = 1,
+                 whole: bool = False, device: Any = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.workers, self.drop_last, self.prefetch = max(0, workers), drop_last, max(1, prefetch)
+        self.rank, self.world, self.whole, self.device = rank, world, whole, device
         import torch
 
         self._generator = torch.Generator()
@@ -212,21 +260,36 @@ class BatchLoader:
             torch.randperm(n, generator=self._generator)  # RandomSampler draws once more when exhausted
         return [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
 
-    def __iter__(self) -> Any:
+    def _pieces(self) -> list[tuple[np.ndarray, int, int]]:
+        """This process's part of each batch of the pass: (indices, items in the whole batch, offset)."""
         batches = self._batches()
+        if self.world == 1:
+            return [(b, len(b), 0) for b in batches]
+        if self.whole:
+            return [(b, len(b), 0) for b in batches[self.rank::self.world]]
+        return [(b[slice(*shard_bounds(len(b), self.rank, self.world))], len(b),
+                 shard_bounds(len(b), self.rank, self.world)[0]) for b in batches]
+
+    def __iter__(self) -> Any:
+        return (batch for batch, _, _ in self.pieces())
+
+    def pieces(self) -> Any:
+        """``(batch, items in the whole batch, offset of this part in it)`` for each batch of one pass."""
+        pieces = self._pieces()
+        build = (lambda i: self.dataset.batch(i, self.device)) if self.device is not None else self.dataset.batch
         if self.workers == 0:
-            for b in batches:
-                yield self.dataset.batch(b)
+            for b, n, start in pieces:
+                yield build(b), n, start
             return
         with ThreadPoolExecutor(self.workers, thread_name_prefix="stbench-loader") as pool:
             ahead = self.workers * self.prefetch
-            pending = [pool.submit(self.dataset.batch, b) for b in batches[:ahead]]
-            for i in range(len(batches)):
+            pending = [pool.submit(build, b) for b, _, _ in pieces[:ahead]]
+            for i in range(len(pieces)):
                 result = pending[i].result()
-                if i + ahead < len(batches):
-                    pending.append(pool.submit(self.dataset.batch, batches[i + ahead]))
+                if i + ahead < len(pieces):
+                    pending.append(pool.submit(build, pieces[i + ahead][0]))
                 pending[i] = None
-                yield result
+                yield result, pieces[i][1], pieces[i][2]
 
 
 def _worker_init(worker_id: int) -> None:
@@ -236,11 +299,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0,
-                drop_last: bool = False, backend: str = "threads") -> Any:
-    """Batches of ``dataset``: ``threads`` (default, :class:`BatchLoader`) or ``processes`` (torch
-    DataLoader with per-item worker processes)."""
+                drop_last: bool = False, backend: str = "threads", **shard: Any) -> Any:
+    """Batches of ``dataset``: ``threads`` (default, :class:`BatchLoader`; ``shard``: its ``rank``,
+    ``world``, ``whole`` and ``device``) or ``processes`` (torch DataLoader with per-item worker processes)."""
     if backend == "threads":
-        return BatchLoader(dataset, batch_size, shuffle=shuffle, seed=seed, workers=workers, drop_last=drop_last)
+        return BatchLoader(dataset, batch_size, shuffle=shuffle, seed=seed, workers=workers, drop_last=drop_last,
+                           **shard)
     if backend != "processes":
         raise ValueError(f"unknown loader backend '{backend}' (threads or processes)")
     import torch

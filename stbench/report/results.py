@@ -92,14 +92,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, world_size: int = 1, precision: str | None = None) -> dict[str, Any]:
+    """Where a run ran: versions, machine, device; ``world_size`` data-parallel processes; ``precision``
+    the resolved training / inference precision (``bf16-mixed`` or ``32``) of a model that has the option."""
     from .. import __version__
 
     env: dict[str, Any] = {
         "stbench": __version__, "git_sha": _git_sha(), "python": platform.python_version(),
         "platform": platform.platform(), "numpy": np.__version__, "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(), "device": device,
+        "cpu_count": os.cpu_count(), "device": device, "world_size": world_size,
     }
+    if precision is not None:
+        env["precision"] = precision
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch"] = torch.__version__
