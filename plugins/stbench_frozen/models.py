@@ -72,6 +72,10 @@ class FrozenFeatureModel(Model):
         return feats, values
 
 
+#: spots per block of ridge's prediction
+PREDICT_BLOCK = 8192
+
+
 class RidgeModel(FrozenFeatureModel):
     name = "ridge"
     card = ModelCard(
@@ -115,8 +119,14 @@ class RidgeModel(FrozenFeatureModel):
         self.alpha, self.genes = float(alpha), list(genes)
 
     def predict(self, slide: SlidePatches) -> np.ndarray:
-        scores = self.reduce.transform(self.features(slide))
-        return self.smoothed((self.ridge.predict(scores) + self.mean).astype(np.float32), slide)
+        """In blocks of spots: scaler, PCA and ridge each copy their input in float64 (about 5 GB for a
+        100k-spot slide's features and predictions at once)."""
+        feats = self.features(slide)
+        out = np.empty((len(feats), len(self.mean)), np.float32)
+        for start in range(0, len(feats), PREDICT_BLOCK):
+            scores = self.reduce.transform(feats[start:start + PREDICT_BLOCK])
+            out[start:start + PREDICT_BLOCK] = self.ridge.predict(scores) + self.mean
+        return self.smoothed(out, slide)
 
     def fold_extra(self) -> dict[str, Any]:
         return {"ridge": {"alpha": self.alpha, "n_components": int(self.ridge.coef_.shape[1])}}

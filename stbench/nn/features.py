@@ -174,12 +174,14 @@ def _compute_and_store(path: Path, storage: Any, encoder: FrozenEncoder, view: i
         if cached is not None:
             return cached
         n = len(storage)
-        parts = []
+        feats = np.zeros((0, 0), np.float32)
         for start in range(0, n, encoder.batch_size):
-            parts.append(encoder.encode(np.asarray(storage[start:start + encoder.batch_size]), view))
+            part = encoder.encode(np.asarray(storage[start:start + encoder.batch_size]), view)
+            if start == 0:  # one (N, D) array filled in place: no list of parts and no concatenated copy
+                feats = np.empty((n, part.shape[1]), np.float32)
+            feats[start:start + len(part)] = part
             if progress is not None:
                 progress(task, min(n, start + encoder.batch_size), n, view=view)
-        feats = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=feats, fletcher32=True)
             f.attrs["key"] = json.dumps({"source": source, "view": view, **encoder.identity()}, default=str)
