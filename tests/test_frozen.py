@@ -46,6 +46,14 @@ def test_ridge_is_hests_linear_probe():
     pred = model.predict(fold.queries[0])
     centred = model.ridge.predict(model.reduce.transform(model.features(fold.queries[0])))
     np.testing.assert_allclose(pred, centred + model.mean, rtol=1e-5, atol=1e-5)
+    import stbench_frozen.models as frozen
+
+    block, frozen.PREDICT_BLOCK = frozen.PREDICT_BLOCK, 3  # blocks of spots (as at 100k spots) change nothing
+    try:
+        assert len(pred) > 3
+        np.testing.assert_allclose(model.predict(fold.queries[0]), pred, rtol=1e-5, atol=1e-5)
+    finally:
+        frozen.PREDICT_BLOCK = block
 
 
 def test_the_second_run_computes_no_features(cli, tmp_path, monkeypatch):
