@@ -316,3 +316,14 @@ def test_run_with_two_devices_matches_one_process(tmp_path):
     emb = [k for k in a if "embedding" in k and a[k].dtype.kind == "f"]
     assert emb and all(np.abs(a[k] - b[k]).max() < 2e-3 * np.abs(a[k]).max() for k in emb)
     assert math.isclose(r1["summary"]["pearson"]["mean"], r2["summary"]["pearson"]["mean"], abs_tol=1e-3)
+
+
+def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
+    from stbench.nn.resume import STATE_FILE, load_state
+
+    (tmp_path / STATE_FILE).write_bytes(b"\x10\x00\x00\x00not a safetensors file")
+    net = torch.nn.Linear(2, 2)
+    with caplog.at_level("WARNING", logger="stbench"):
+        state = load_state(tmp_path, module=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), scheduler=None,
+                           batches=object(), generators=(), epochs=2)
+    assert state is None and "unreadable" in caplog.text

@@ -106,9 +106,14 @@ def load_state(folder: Path, *, module: torch.nn.Module, optimizer: Any, schedul
     path = folder / STATE_FILE
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("stbench", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("stbench", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors and json raise their own errors for a damaged file
+        log.warning("checkpoint %s is unreadable (%s); training from the start", path,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
     if meta.get("format") != FORMAT or meta.get("epochs") != epochs:
         log.warning("checkpoint %s was written for another training (%s epochs, now %s); training from the start",
                     path, meta.get("epochs"), epochs)
