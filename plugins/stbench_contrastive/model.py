@@ -103,6 +103,24 @@ def build_network(opts: ContrastiveOptions, n_genes: int, in_features: int | Non
     return ContrastiveNet()
 
 
+def _contrastive_loss(net: Any, opts: ContrastiveOptions, embed_images: Any) -> Any:
+    """``loss_of(inputs, expression)``: the options' loss on ``embed_images(inputs)`` and the spot embeddings;
+    with several processes both are gathered, so the loss sees the global batch (identity for one process)."""
+    from stbench.nn.sharded import gather_batch
+    from .losses import bleep_loss, clip_loss, image_centric_loss
+
+    def loss_of(inputs: Any, expression: Any) -> Any:
+        img = gather_batch(embed_images(inputs).float())
+        spot = gather_batch(net.embed_spots(expression).float())
+        if opts.loss == "heclip":
+            return image_centric_loss(img, spot, opts.temperature)
+        if opts.loss == "bleep":
+            return bleep_loss(img, spot, opts.temperature)
+        return clip_loss(img, spot, net.logit_scale)
+
+    return loss_of
+
+
 class ContrastiveModel(Model):
     Options = ContrastiveOptions
 
@@ -125,38 +143,14 @@ class ContrastiveModel(Model):
     # -- training -------------------------------------------------------------------------------
     def _loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
         from stbench.nn.inputs import to_model_input
-        from stbench.nn.sharded import gather_batch
-        from .losses import bleep_loss, clip_loss, image_centric_loss
 
         style, size = self.input_style, opts.input_px
-
-        def loss_of(images: Any, expression: Any) -> Any:
-            # several processes: the loss sees the global batch's embeddings (identity for one process)
-            img = gather_batch(net.embed_images(self._prep(to_model_input(images, style, size, opts.input_crop))).float())
-            spot = gather_batch(net.embed_spots(expression).float())
-            if opts.loss == "heclip":
-                return image_centric_loss(img, spot, opts.temperature)
-            if opts.loss == "bleep":
-                return bleep_loss(img, spot, opts.temperature)
-            return clip_loss(img, spot, net.logit_scale)
-
-        return loss_of
+        return _contrastive_loss(net, opts, lambda images: net.embed_images(
+            self._prep(to_model_input(images, style, size, opts.input_crop))))
 
     def _head_loss_fn(self, net: Any, opts: ContrastiveOptions) -> Any:
         """The loss on already-encoded images (frozen-encoder training)."""
-        from stbench.nn.sharded import gather_batch
-        from .losses import bleep_loss, clip_loss, image_centric_loss
-
-        def loss_of(features: Any, expression: Any) -> Any:
-            img = gather_batch(net.image_head(features).float())
-            spot = gather_batch(net.embed_spots(expression).float())
-            if opts.loss == "heclip":
-                return image_centric_loss(img, spot, opts.temperature)
-            if opts.loss == "bleep":
-                return bleep_loss(img, spot, opts.temperature)
-            return clip_loss(img, spot, net.logit_scale)
-
-        return loss_of
+        return _contrastive_loss(net, opts, net.image_head)
 
     def _prep(self, x: Any) -> Any:
         import torch
