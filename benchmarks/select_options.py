@@ -8,11 +8,17 @@ the number to publish.
 
     python benchmarks/select_options.py --dataset her2st_C_HVG \\
         --candidate "ridge" --candidate "ridge:alpha=10" --candidate "stnet:freeze_encoder=true,epochs=50"
+
+A candidate ``A | B`` is an ensemble: each member runs as above, and per query slide the members'
+predictions are z-scored per gene (over the slide's spots; no truth is read) and averaged, so a member
+with shrunken predictions (ridge, knn) weighs as much as one with full-scale predictions (ST-Net).
+Members are run once and shared between candidates.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 
 import numpy as np
@@ -39,15 +45,45 @@ def parse(candidate: str) -> tuple[str, tuple[str, ...]]:
     return model.strip(), tuple(o.strip() for o in opts.split(",") if o.strip())
 
 
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def score_member(plugins, model: str, options: tuple[str, ...], dataset: str, seed: int, out: str):
+    """One member's inner run: its per-fold Pearson and, per query slide, (truth, predictions)."""
+    from stbench.report.predictions import load_predictions, predictions_path
+    from stbench.runner import RunRequest, run
+
+    result, path = run(plugins, RunRequest(model, dataset, folds="all", seed=seed, options=options, device="cpu",
+                                           save_predictions=True), out)
+    slides, _ = load_predictions(predictions_path(path))
+    return ([f["scores"]["pearson"]["mean"] for f in result.folds],
+            {(s.fold, s.query): (s.genes, s.true, s.pred) for s in slides})
+
+
+def ensemble_pearson(members: list[dict]) -> list[float]:
+    from stbench.eval.metrics import gene_summary, pearson
+
+    scores = []
+    for key in sorted(members[0]):
+        genes, true, _ = members[0][key]
+        if any(m[key][0] != genes for m in members):
+            raise SystemExit(f"ensemble members predict different genes for {key}")
+        pred = np.mean([_zscore(m[key][2]) for m in members], axis=0)
+        scores.append(gene_summary(pearson(true, pred))["mean"])
+    return scores
+
+
 def main() -> None:
     import torch
 
     from stbench.plugins import get_plugin_manager
-    from stbench.runner import RunRequest, run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="her2st_C_HVG")
-    parser.add_argument("--candidate", action="append", required=True, help="MODEL[:k=v,k=v]")
+    parser.add_argument("--candidate", action="append", required=True, help="MODEL[:k=v,k=v], or an ensemble MODEL[:...] | MODEL[:...]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--outer", default=None, help="only these outer query slides, comma-separated (cheaper)")
@@ -58,13 +94,19 @@ def main() -> None:
     if args.outer:
         inner = [(q, name) for q, name in inner if q in args.outer.split(",")]
     print(f"{'candidate':<64} {'inner Pearson':>13} {'per outer fold':>40} {'s':>6}")
+    members: dict[tuple[str, str], tuple[list[float], dict]] = {}
+    workdir = tempfile.mkdtemp(prefix="select_options.")
     for candidate in args.candidate:
-        model, options = parse(candidate)
         t0, per_outer = time.perf_counter(), []
+        parts = [parse(c) for c in candidate.split("|")]
         for _, name in inner:
-            result, _ = run(plugins, RunRequest(model, name, folds="all", seed=args.seed, options=options, device="cpu",
-                                                save_predictions=False), None)
-            per_outer.append(float(np.mean([f["scores"]["pearson"]["mean"] for f in result.folds])))
+            runs = []
+            for model, options in parts:
+                key = (f"{model}:{','.join(options)}", name)
+                if key not in members:
+                    members[key] = score_member(plugins, model, options, name, args.seed, tempfile.mkdtemp(dir=workdir))
+                runs.append(members[key])
+            per_outer.append(float(np.mean(runs[0][0] if len(runs) == 1 else ensemble_pearson([r[1] for r in runs]))))
         print(f"{candidate:<64} {np.mean(per_outer):>13.4f} {' '.join(f'{v:.3f}' for v in per_outer):>40} "
               f"{time.perf_counter() - t0:>6.0f}", flush=True)
 
