@@ -97,3 +97,28 @@ def test_cli_run_records_the_members_and_bad_members_exit_2(cli, tmp_path):
     assert [m["model"] for m in result["folds"][0]["members"]] == ["ridge", "knn"]
     bad = cli("run", "--model", "ensemble", "--dataset", "synthetic", "-o", "members=knn:k=0", "--out", str(out))
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "knn" in bad.stderr
+
+
+def test_stbench_train_bundles_every_member_and_the_bundle_predicts_as_the_model(cli, tmp_path):
+    import json
+
+    from stbench.bundle import BundleError, load_bundle
+    from stbench.plugins import get_plugin_manager
+
+    out = tmp_path / "bundle"
+    res = cli("train", "--model", "ensemble", "--dataset", "synthetic", "--slides", "syn1,syn2",
+              "-o", f"members={RIDGE};{KNN}", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["model.member0.safetensors", "model.member1.safetensors", "model.safetensors"]
+    plugins = get_plugin_manager()
+    bundle = load_bundle(out, plugins)
+    assert [m.name for m in bundle.model.members] == ["ridge", "knn"]
+    query = plugins.datasets.get("synthetic").slide("syn3")[0]
+    knn_alone = load_bundle(out, plugins).model.members[1].predict(query)
+    pred = bundle.model.predict(query)
+    assert pred.shape == knn_alone.shape and np.all(np.isfinite(pred))
+    assert not np.allclose(pred, knn_alone)
+    (out / "model.member1.safetensors").write_bytes(b"damaged")
+    with pytest.raises(BundleError, match="model.member1.safetensors"):
+        load_bundle(out, plugins)

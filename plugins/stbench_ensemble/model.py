@@ -61,10 +61,10 @@ class EnsembleModel(Model):
                 "z-scored per gene over the query slide, averaged with equal weights and put back on the "
                 "members' mean scale.",
         deviations=(
-            "transductive over predictions: a spot's prediction depends on the other spots' predictions of "
-            "the same query slide (their per-gene mean and spread); no truth is read",
-            "members come from installed plugins (entry points, STBENCH_PLUGINS_DIR); a --plugins-dir given "
-            "on the command line is not seen by the members",
+            ("transductive over predictions: a spot's prediction depends on the other spots' predictions of "
+             "the same query slide (their per-gene mean and spread); no truth is read"),
+            ("members come from installed plugins (entry points, STBENCH_PLUGINS_DIR); a --plugins-dir given "
+             "on the command line is not seen by the members"),
         ),
     )
 
