@@ -28,7 +28,7 @@ def test_published_results_are_real_five_fold_runs():
 def test_published_grid_is_complete_and_figures_exist():
     results = load_all(RESULTS)
     have = {(r.dataset, r.protocol, r.model, tuple(sorted(r.extra.get("profile_changes", {}).items()))) for r in results}
-    models = ("heclip", "bleep", "clip", "stnet", "histogene", "mean", "random-k", "ridge", "knn")
+    models = ("heclip", "bleep", "clip", "stnet", "histogene", "mean", "random-k", "ridge", "knn", "ensemble")
     for dataset in ("her2st_C_HVG", "her2st_C_HEG"):
         assert {(dataset, "strict", m, ()) for m in models} <= have
     assert {("her2st_C_HVG", "paper", m, ()) for m in ("heclip", "bleep", "clip", "mean", "random-k")} <= have
