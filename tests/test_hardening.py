@@ -122,7 +122,7 @@ def test_every_command_names_a_plugin_that_failed_to_load(cli, tmp_path):
     assert result.stderr.splitlines() == [
         "stbench: warning: plugin 'colour_knn' failed to load: ModuleNotFoundError: No module named "
         f"'not_a_module_anywhere' (colour_knn.py:1) [file {d / 'colour_knn.py'}]",
-        "stbench: error: unknown model 'colour-knn'; known: bleep, clip, heclip, histogene, knn, mean, random-k, ridge, stnet",
+        "stbench: error: unknown model 'colour-knn'; known: bleep, clip, ensemble, heclip, histogene, knn, mean, random-k, ridge, stnet",
     ]
     listed = cli("--plugins-dir", str(d), "list", "models")
     assert listed.exit_code == 0 and "plugin 'colour_knn' failed to load" in listed.stderr
