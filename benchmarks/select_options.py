@@ -10,8 +10,9 @@ the number to publish.
         --candidate "ridge" --candidate "ridge:alpha=10" --candidate "stnet:freeze_encoder=true,epochs=50"
 
 A candidate ``A | B`` is an ensemble: each member runs as above, and per query slide the members'
-predictions are z-scored per gene (over the slide's spots; no truth is read) and averaged, so a member
-with shrunken predictions (ridge, knn) weighs as much as one with full-scale predictions (ST-Net).
+predictions are combined as the ``ensemble`` model combines them: z-scored per gene over the slide's spots
+(no truth is read) and averaged, so a member with shrunken predictions (ridge, knn) weighs as much as one
+with full-scale predictions (ST-Net).
 Members are run once and shared between candidates.
 """
 from __future__ import annotations
@@ -45,12 +46,6 @@ def parse(candidate: str) -> tuple[str, tuple[str, ...]]:
     return model.strip(), tuple(o.strip() for o in opts.split(",") if o.strip())
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    sd = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-
-
 def score_member(plugins, model: str, options: tuple[str, ...], dataset: str, seed: int, out: str):
     """One member's inner run: its per-fold Pearson and, per query slide, (truth, predictions)."""
     from stbench.report.predictions import load_predictions, predictions_path
@@ -64,14 +59,16 @@ def score_member(plugins, model: str, options: tuple[str, ...], dataset: str, se
 
 
 def ensemble_pearson(members: list[dict]) -> list[float]:
+    """Per query slide, the mean per-gene Pearson of the members combined as the ``ensemble`` model does."""
     from stbench.eval.metrics import gene_summary, pearson
+    from stbench_ensemble.model import combine
 
     scores = []
     for key in sorted(members[0]):
         genes, true, _ = members[0][key]
         if any(m[key][0] != genes for m in members):
             raise SystemExit(f"ensemble members predict different genes for {key}")
-        pred = np.mean([_zscore(m[key][2]) for m in members], axis=0)
+        pred = combine([m[key][2] for m in members])
         scores.append(gene_summary(pearson(true, pred))["mean"])
     return scores
 
