@@ -133,6 +133,12 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def env_plugins_dirs(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The one-file plugin folders named by ``STBENCH_PLUGINS_DIR`` (paths separated by ``os.pathsep``)."""
+    env = os.environ if env is None else env
+    return tuple(p for p in env.get("STBENCH_PLUGINS_DIR", "").split(os.pathsep) if p)
+
+
 def get_plugin_manager(plugins_dirs: Sequence[str | os.PathLike] = (), catalogs: Sequence[str] = (),
                        env: Mapping[str, str] | None = None) -> Plugins:
     env = os.environ if env is None else env

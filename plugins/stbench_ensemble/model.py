@@ -7,12 +7,12 @@ whatever the scale of its predictions: retrieval and ridge predictions are shrun
 regression head's are not, and a plain average would let the widest member decide every correlation.
 An ensemble of one model predicts exactly what the model predicts. No truth is read: the statistics are
 those of the predictions. Chosen by nested validation on the reference slides (benchmarks/RESULTS.md,
-"Quality target"): ST-Net (quick) with kNN on frozen features was above either alone on every inner fold.
+"Quality target"): ST-Net (quick) with kNN on frozen features was above either alone for every outer
+fold and seed tried.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,10 +48,9 @@ def combine(predictions: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _registry() -> Any:
-    from stbench.plugins import get_plugin_manager
+    from stbench.plugins import env_plugins_dirs, get_plugin_manager
 
-    dirs = [p for p in os.environ.get("STBENCH_PLUGINS_DIR", "").split(os.pathsep) if p]
-    return get_plugin_manager(plugins_dirs=dirs).models
+    return get_plugin_manager(plugins_dirs=env_plugins_dirs()).models
 
 
 class EnsembleModel(Model):
@@ -106,9 +105,10 @@ class EnsembleModel(Model):
         from stbench.errors import StbenchError
 
         path = Path(path)
+        unsaveable = [m.name for m in self.members if not type(m).supports_checkpoints()]
+        if unsaveable:
+            raise StbenchError(f"ensemble member '{unsaveable[0]}' cannot save itself; it cannot be bundled")
         for i, member in enumerate(self.members):
-            if not type(member).supports_checkpoints():
-                raise StbenchError(f"ensemble member '{member.name}' cannot save itself; it cannot be bundled")
             member.save(self._member_path(path, i))
         save_file({"n_members": np.array([len(self.members)], dtype=np.int64)}, str(path),
                   metadata={"members": json.dumps(self.specs)})

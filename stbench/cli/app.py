@@ -3,7 +3,6 @@ stderr. Only the CLI prints; the library reports through callbacks and logging."
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import click
@@ -51,7 +50,9 @@ def _log_to_stderr() -> None:
 def _app(ctx: click.Context) -> App:
     root = ctx.find_root()
     if "stbench.app" not in root.meta:
-        dirs = tuple(root.params.get("plugins_dir") or ()) + tuple(p for p in os.environ.get("STBENCH_PLUGINS_DIR", "").split(os.pathsep) if p)
+        from ..plugins import env_plugins_dirs
+
+        dirs = tuple(root.params.get("plugins_dir") or ()) + env_plugins_dirs()
         root.meta["stbench.app"] = App(dirs, tuple(root.params.get("catalog") or ()))
     return root.meta["stbench.app"]
 
